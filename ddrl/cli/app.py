@@ -1,0 +1,37 @@
+"""The ``ddrl`` command line. Each command lives in its own module and stays thin: it parses,
+builds a config, and calls library functions that are equally usable from Python."""
+
+from __future__ import annotations
+
+import typer
+
+from ddrl.cli import plugins, sample
+
+app = typer.Typer(
+    name="ddrl",
+    help="RL fine-tuning of masked diffusion language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("plugins")(plugins.plugins)
+app.command("sample")(sample.sample)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from ddrl import __version__
+
+        typer.echo(f"ddrl {__version__}")
+        raise typer.Exit()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""The `LikelihoodEstimator` interface: masked views of a batch, scored by a policy.
+
+Every estimator in ddrl is the same two steps (design §4):
+
+1. ``draw``: a random *mask scheme* turns each of the B sequences into R masked copies ("views"),
+   saying for each view which completion positions are masked, which of them are scored, and the
+   weight of each scored token. Drawing is separate from scoring so that the same views can be
+   scored by several policies (shared masks give low-variance log-ratios, e.g. ref vs old).
+2. ``score``: one policy evaluates every view; the result holds ``log pi(view)_{d, o_d}`` at the
+   scored positions, with gradients when enabled.
+
+The estimate is always the weighted sum of the scored log-probs::
+
+    per_token[b, l] = sum_r weights[b, r, l] * logprobs[b, r, l]         # [B, L]
+    sequence[b]     = sum_l per_token[b, l]                              # [B]
+
+so an objective that needs per-token log-probs (PPO-style ratios) and one that needs a sequence
+log-likelihood (importance weights) use any estimator alike.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from ddrl.batch import SequenceBatch
+from ddrl.config import ComponentConfig
+from ddrl.models.base import MaskedDiffusionPolicy
+
+
+@dataclass(frozen=True)
+class MaskedViews:
+    """R masked copies of each sequence of a batch (view ``(b, r)``).
+
+    Attributes:
+        completion_masked: ``[B, R, L]`` bool, completion positions replaced by the mask token.
+        scored: ``[B, R, L]`` bool, positions whose log-prob enters the estimate (a subset of
+            ``completion_masked``).
+        weights: ``[B, R, L]`` float, weight of each scored log-prob (0 where not scored).
+        prompt_masked: ``[B, R, P]`` bool or None, prompt positions replaced by the mask token.
+    """
+
+    completion_masked: Tensor
+    scored: Tensor
+    weights: Tensor
+    prompt_masked: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        shape = self.completion_masked.shape
+        if len(shape) != 3 or self.scored.shape != shape or self.weights.shape != shape:
+            raise ValueError("completion_masked, scored and weights must all be [B, R, L]")
+        if bool((self.scored & ~self.completion_masked).any()):
+            raise ValueError("a scored position must be masked")
+
+    @property
+    def num_views(self) -> int:
+        """R, views per sequence."""
+        return self.completion_masked.shape[1]
+
+    def canvases(self, batch: SequenceBatch, mask_id: int) -> tuple[Tensor, Tensor]:
+        """``input_ids [B*R, P+L]`` with the masks applied, and the matching attention mask.
+
+        View ``(b, r)`` is row ``b * R + r``.
+        """
+        r = self.num_views
+        prompt = batch.prompt_ids.repeat_interleave(r, 0)
+        if self.prompt_masked is not None:
+            # padding is never masked: it is not attended to, and stays recognisable as padding
+            pm = self.prompt_masked.flatten(0, 1) & batch.prompt_mask.repeat_interleave(r, 0)
+            prompt = prompt.masked_fill(pm, mask_id)
+        completion = batch.completion_ids.repeat_interleave(r, 0)
+        completion = completion.masked_fill(self.completion_masked.flatten(0, 1), mask_id)
+        ids = torch.cat([prompt, completion], dim=1)
+        return ids, batch.attention_mask.repeat_interleave(r, 0)
+
+    def to(self, device: torch.device | str) -> MaskedViews:
+        pm = None if self.prompt_masked is None else self.prompt_masked.to(device)
+        return MaskedViews(
+            self.completion_masked.to(device), self.scored.to(device), self.weights.to(device), pm
+        )
+
+
+@dataclass
+class TokenLogProbs:
+    """A policy's log-probs on a set of views. ``logprobs [B, R, L]`` is 0 where not scored."""
+
+    logprobs: Tensor
+    views: MaskedViews
+
+    def per_token(self) -> Tensor:
+        """``[B, L]`` sum_r weights * logprobs: the per-token surrogate."""
+        return (self.views.weights * self.logprobs).sum(1)
+
+    def sequence(self) -> Tensor:
+        """``[B]`` the sequence-level estimate (log-likelihood or its bound)."""
+        return self.per_token().sum(-1)
+
+    @property
+    def token_mask(self) -> Tensor:
+        """``[B, L]`` positions scored in at least one view."""
+        return self.views.scored.any(1)
+
+
+def gather_logprobs(logits: Tensor, index: Tensor) -> Tensor:
+    """``log softmax(logits)[..., index]`` in float32: ``logits [..., V]``, ``index [...]`` -> ``[...]``."""
+    logits = logits.float()
+    return logits.gather(-1, index[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def score_views(
+    policy: MaskedDiffusionPolicy,
+    batch: SequenceBatch,
+    views: MaskedViews,
+    micro_batch_size: int | None = None,
+) -> Tensor:
+    """``[B, R, L]`` log pi(view)_{l, o_l} at every scored position (0 elsewhere).
+
+    The policy runs once per view, ``micro_batch_size`` views at a time; the log-softmax is taken
+    only at scored positions (the full ``[*, L, V]`` log-softmax is never materialised).
+    Differentiable: call it under ``torch.no_grad()`` for old/reference policies.
+    """
+    b, r, n = views.scored.shape
+    ids, attn = views.canvases(batch, policy.mask_token_id)
+    targets = batch.completion_ids.repeat_interleave(r, 0)  # (B*R, L)
+    scored = views.scored.flatten(0, 1)  # (B*R, L)
+    p = batch.prompt_length
+    step = micro_batch_size or ids.shape[0]
+    chunks = []
+    for start in range(0, ids.shape[0], step):
+        sl = slice(start, start + step)
+        sel = scored[sl]
+        if not bool(sel.any()):
+            chunks.append(torch.zeros(sel.shape, device=ids.device))
+            continue
+        logits = policy.logits(ids[sl], attn[sl])[:, p:]  # (n, L, V)
+        lp = gather_logprobs(logits[sel], targets[sl][sel])  # (M,)
+        chunks.append(torch.zeros(sel.shape, device=lp.device, dtype=lp.dtype).masked_scatter(sel, lp))
+    return torch.cat(chunks).view(b, r, n)
+
+
+class EstimatorConfig(ComponentConfig):
+    """Options every estimator shares."""
+
+    micro_batch_size: int | None = Field(None, ge=1, description="views per forward pass; null = all")
+
+
+class LikelihoodEstimator(ABC):
+    """Log-likelihood (or a per-token surrogate) of completions under a policy.
+
+    ``provides`` names what ``TokenLogProbs`` means for this estimator; objectives state what
+    they need (e.g. ``"sequence_bound"`` for an ELBO, ``"exact_path"`` for a path likelihood).
+    """
+
+    Config: ClassVar[type[EstimatorConfig]]
+    provides: ClassVar[frozenset[str]] = frozenset({"token", "sequence"})
+
+    def __init__(self, config: EstimatorConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def from_config(cls, config: EstimatorConfig) -> LikelihoodEstimator:
+        return cls(config)
+
+    @abstractmethod
+    def draw(
+        self,
+        batch: SequenceBatch,
+        generator: torch.Generator | None = None,
+        order: Tensor | None = None,
+    ) -> MaskedViews:
+        """Draw the views of ``batch`` (``order [B, L]``: a sampler's unmasking order, if known)."""
+
+    def score(self, policy: MaskedDiffusionPolicy, batch: SequenceBatch, views: MaskedViews) -> TokenLogProbs:
+        """Score ``views`` under ``policy`` (differentiable)."""
+        return TokenLogProbs(score_views(policy, batch, views, self.config.micro_batch_size), views)
+
+    def log_likelihood(
+        self,
+        policy: MaskedDiffusionPolicy,
+        batch: SequenceBatch,
+        generator: torch.Generator | None = None,
+        order: Tensor | None = None,
+    ) -> Tensor:
+        """``[B]`` the sequence estimate from one fresh draw."""
+        return self.score(policy, batch, self.draw(batch, generator, order)).sequence()
+
+    def log_ratio(
+        self,
+        numerator: MaskedDiffusionPolicy,
+        denominator: MaskedDiffusionPolicy,
+        batch: SequenceBatch,
+        generator: torch.Generator | None = None,
+        order: Tensor | None = None,
+    ) -> Tensor:
+        """``[B]`` estimate of log p_num(o|q) - log p_den(o|q), both scored on the same views."""
+        views = self.draw(batch, generator, order)
+        return self.score(numerator, batch, views).sequence() - self.score(denominator, batch, views).sequence()

@@ -1,0 +1,125 @@
+"""The `MaskedDiffusionPolicy` interface: a network plus the tokenizer that feeds it.
+
+Contract every policy keeps (samplers and estimators rely on nothing else):
+
+* ``policy.logits(input_ids [B, T], attention_mask [B, T] | None) -> [B, T, V]``: the logits at
+  position j predict the token at position j (a model that predicts j from j-1, like Dream, shifts
+  inside its own ``forward``). The mask token's logit is ``-inf``-like, so the distribution at a
+  masked position is over real tokens only.
+* ``attention_mask`` is False at left padding; a padded row gives the same logits at its real
+  positions as the unpadded sequence (positions are counted from the first real token).
+* ``mask_token_id``, ``vocab_size`` and (when the policy reads text) ``tokenizer``.
+* ``save_pretrained(dir)`` / ``from_pretrained(dir)`` round-trip through JSON + safetensors.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor, nn
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """The part of a tokenizer ddrl uses (Hugging Face tokenizers already satisfy it)."""
+
+    pad_token_id: int | None
+    eos_token_id: int | None
+    bos_token_id: int | None
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+
+class MaskedDiffusionPolicy(nn.Module, ABC):
+    """A masked diffusion model pi_theta(x~)_{d,u} ~ P(X_d = u | unmasked part of x~).
+
+    Subclasses implement ``forward`` (raw logits) and persistence; the base class adds the
+    invariants of the contract above. ``Config`` is the pydantic model a recipe's ``model``
+    section is validated against; ``from_config`` builds the policy from it.
+    """
+
+    Config: ClassVar[type[BaseModel]]
+
+    tokenizer: Tokenizer | None
+
+    @property
+    @abstractmethod
+    def mask_token_id(self) -> int:
+        """Token id of the mask M."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """V, the size of the logits' last dimension."""
+
+    @abstractmethod
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Raw logits ``[B, T, V]`` for ``input_ids [B, T]``; position j predicts token j."""
+
+    @abstractmethod
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the policy as a directory (JSON config, safetensors weights, tokenizer)."""
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> MaskedDiffusionPolicy:
+        """Load a directory written by ``save_pretrained`` (or laid out like the published one)."""
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, config: BaseModel) -> MaskedDiffusionPolicy:
+        """Build the policy from its validated ``Config``."""
+
+    # ----------------------------------------------------------------------------------------
+    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """``[B, T, V]`` logits with the mask token excluded from every distribution."""
+        out = self(input_ids, attention_mask)
+        return out.index_fill(-1, torch.tensor([self.mask_token_id], device=out.device), _neg(out))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        if tok is not None and tok.pad_token_id is not None:
+            return int(tok.pad_token_id)
+        return self.mask_token_id  # never attended to: padding is excluded by the attention mask
+
+    @property
+    def eos_token_id(self) -> int | None:
+        tok = self.tokenizer
+        return None if tok is None or tok.eos_token_id is None else int(tok.eos_token_id)
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of a prompt, with whatever template the model expects around it."""
+        return self._require_tokenizer().encode(prompt, add_special_tokens=True)
+
+    def decode_completion(self, ids: Sequence[int] | Tensor) -> str:
+        """Text of a completion, cut at the first EOS, special tokens dropped."""
+        ids = [int(i) for i in ids]
+        eos = self.eos_token_id
+        if eos is not None and eos in ids:
+            ids = ids[: ids.index(eos)]
+        return self._require_tokenizer().decode(ids, skip_special_tokens=True)
+
+    def _require_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise ValueError(f"{type(self).__name__} has no tokenizer: it works on token ids only")
+        return self.tokenizer
+
+
+def _neg(t: Tensor) -> float:
+    """A finite stand-in for -inf: exp() underflows to 0 but 0 * it stays 0 (entropies)."""
+    return torch.finfo(t.dtype).min

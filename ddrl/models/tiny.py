@@ -1,0 +1,285 @@
+"""`tiny`: LLaDA's block in miniature, for CPU runs and exact tests.
+
+A bidirectional transformer (no causal mask) with rotary position embeddings, RMSNorm and a SwiGLU
+MLP, no biases, untied input/output embeddings, and a character tokenizer. Saved as a directory::
+
+    config.json          {"model_type": "ddrl-tiny", "d_model": ..., "vocab_size": ..., "mask_token_id": ...}
+    model.safetensors
+    tokenizer.json       the character set (absent for a token-only model)
+
+Without a tokenizer (``charset: null``) the model works on raw token ids 0..V-2 with the mask as
+id V-1: the setting of exact enumeration tests and of energy-based targets (Ising/Potts spins).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ddrl.config import ComponentConfig
+from ddrl.models.base import MaskedDiffusionPolicy
+from ddrl.models.char_tokenizer import DEFAULT_CHARSET, TOKENIZER_FILE, CharTokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+MODEL_TYPE = "ddrl-tiny"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TinyArchitecture(BaseModel):
+    """Shape of the network (written to config.json)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vocab_size: int = Field(0, ge=0, description="0 = taken from the tokenizer; token-only: V incl. the mask")
+    d_model: int = Field(256, ge=8)
+    n_layers: int = Field(4, ge=1)
+    n_heads: int = Field(4, ge=1)
+    ffn_hidden: int = Field(704, ge=8)
+    max_seq_len: int = Field(1024, ge=8)
+    rope_theta: float = Field(10000.0, gt=0)
+    norm_eps: float = Field(1e-5, gt=0)
+    init_std: float = Field(0.02, gt=0)
+
+
+class TinyConfig(ComponentConfig):
+    """Recipe options of the `tiny` model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "tiny"
+    path: str | None = Field(None, description="a saved tiny-model directory; null = fresh weights")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    seed: int = Field(0, description="initialisation seed for fresh weights")
+    charset: str | None = Field(DEFAULT_CHARSET, description="null = token ids only, mask = vocab_size-1")
+    architecture: TinyArchitecture = Field(default_factory=TinyArchitecture)
+
+
+# ------------------------------------------------------------------------------------------------
+# the network
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf.type_as(x) * self.weight
+
+
+def rotary(positions: Tensor, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos, sin ``[B, 1, T, head_dim/2]`` for integer positions ``[B, T]``."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the two halves of each head (the Llama/LLaDA convention)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    return out.type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, arch: TinyArchitecture) -> None:
+        super().__init__()
+        if arch.d_model % arch.n_heads or (arch.d_model // arch.n_heads) % 2:
+            raise ValueError("d_model must split into an even head size across n_heads")
+        self.n_heads, self.head_dim = arch.n_heads, arch.d_model // arch.n_heads
+        self.q_proj = nn.Linear(arch.d_model, arch.d_model, bias=False)
+        self.k_proj = nn.Linear(arch.d_model, arch.d_model, bias=False)
+        self.v_proj = nn.Linear(arch.d_model, arch.d_model, bias=False)
+        self.o_proj = nn.Linear(arch.d_model, arch.d_model, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None) -> Tensor:
+        b, t, _ = x.shape
+        q, k, v = (
+            proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+            for proj in (self.q_proj, self.k_proj, self.v_proj)
+        )  # (B, H, T, hd)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=False)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, arch: TinyArchitecture) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(arch.d_model, arch.ffn_hidden, bias=False)
+        self.up_proj = nn.Linear(arch.d_model, arch.ffn_hidden, bias=False)
+        self.down_proj = nn.Linear(arch.ffn_hidden, arch.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, arch: TinyArchitecture) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(arch.d_model, arch.norm_eps)
+        self.attn = Attention(arch)
+        self.mlp_norm = RMSNorm(arch.d_model, arch.norm_eps)
+        self.mlp = SwiGLU(arch)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, key_mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self, arch: TinyArchitecture) -> None:
+        super().__init__()
+        self.arch = arch
+        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.d_model)
+        self.layers = nn.ModuleList(Block(arch) for _ in range(arch.n_layers))
+        self.norm = RMSNorm(arch.d_model, arch.norm_eps)
+        self.lm_head = nn.Linear(arch.d_model, arch.vocab_size, bias=False)
+        self.gradient_checkpointing = False
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        std = self.arch.init_std
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            else:
+                # residual output projections scaled down by depth (GPT-2 / nanoGPT)
+                s = std / math.sqrt(2 * self.arch.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else std
+                with torch.no_grad():
+                    p.copy_(torch.randn(p.shape, generator=generator) * s)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        b, t = input_ids.shape
+        if t > self.arch.max_seq_len:
+            raise ValueError(f"sequence length {t} exceeds max_seq_len {self.arch.max_seq_len}")
+        if attention_mask is None or bool(attention_mask.all()):
+            positions = torch.arange(t, device=input_ids.device).expand(b, t)
+            key_mask = None
+        else:
+            mask = attention_mask.bool()
+            # positions count real tokens only, so left padding does not shift the rotary phase
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            key_mask = mask[:, None, None, :]  # (B, 1, 1, T): True = may be attended to
+        cos, sin = rotary(positions, self.arch.d_model // self.arch.n_heads, self.arch.rope_theta)
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, key_mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, key_mask)
+        return self.lm_head(self.norm(x))
+
+
+# ------------------------------------------------------------------------------------------------
+# the policy
+
+
+class TinyPolicy(MaskedDiffusionPolicy):
+    """The `tiny` masked diffusion policy: ``TinyTransformer`` + ``CharTokenizer``."""
+
+    Config = TinyConfig
+
+    def __init__(self, arch: TinyArchitecture, tokenizer: CharTokenizer | None) -> None:
+        super().__init__()
+        if tokenizer is None:
+            if arch.vocab_size < 2:
+                raise ValueError("a token-only tiny model needs architecture.vocab_size >= 2 (tokens + mask)")
+            self._mask_token_id = arch.vocab_size - 1
+        else:
+            if arch.vocab_size == 0:
+                arch = arch.model_copy(update={"vocab_size": tokenizer.vocab_size})
+            if arch.vocab_size < tokenizer.vocab_size:
+                raise ValueError(
+                    f"vocab_size {arch.vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size}"
+                )
+            self._mask_token_id = tokenizer.mask_token_id
+        self.arch = arch
+        self.tokenizer = tokenizer
+        self.net = TinyTransformer(arch)
+
+    @property
+    def mask_token_id(self) -> int:
+        return self._mask_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.arch.vocab_size
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.net(input_ids, attention_mask)
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        self.net.gradient_checkpointing = enabled
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: TinyConfig) -> TinyPolicy:  # type: ignore[override]
+        if config.path is not None:
+            policy = cls.from_pretrained(config.path)
+        else:
+            tokenizer = None if config.charset is None else CharTokenizer(config.charset)
+            policy = cls.fresh(config.architecture, tokenizer, seed=config.seed)
+        return policy.to(DTYPES[config.dtype])
+
+    @classmethod
+    def fresh(cls, arch: TinyArchitecture, tokenizer: CharTokenizer | None, seed: int = 0) -> TinyPolicy:
+        """Randomly initialised weights, repeatable from ``seed``."""
+        policy = cls(arch, tokenizer)
+        policy.net.reset_parameters(torch.Generator().manual_seed(seed))
+        return policy
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        payload = {"model_type": MODEL_TYPE, "mask_token_id": self.mask_token_id, **self.arch.model_dump()}
+        _atomic_write_text(path / CONFIG_FILE, json.dumps(payload, indent=1) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
+        tmp = path / (WEIGHTS_FILE + ".tmp")
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        tmp.replace(path / WEIGHTS_FILE)
+        if self.tokenizer is not None:
+            self.tokenizer.save(path)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> TinyPolicy:
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"tiny model directory {path} does not exist")
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path / name} is missing: a tiny-model directory needs "
+                                        f"{CONFIG_FILE}, {WEIGHTS_FILE} and (for text) {TOKENIZER_FILE}")
+        payload = json.loads((path / CONFIG_FILE).read_text())
+        if payload.pop("model_type", None) != MODEL_TYPE:
+            raise ValueError(f"{path / CONFIG_FILE} is not a {MODEL_TYPE} config")
+        mask_token_id = payload.pop("mask_token_id", None)
+        tokenizer = CharTokenizer.load(path) if (path / TOKENIZER_FILE).is_file() else None
+        policy = cls(TinyArchitecture.model_validate(payload), tokenizer)
+        if mask_token_id is not None and mask_token_id != policy.mask_token_id:
+            raise ValueError(f"{path / CONFIG_FILE}: mask_token_id {mask_token_id} != {policy.mask_token_id}")
+        state = load_file(str(path / WEIGHTS_FILE))
+        missing, unexpected = policy.net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{path / WEIGHTS_FILE} does not match config.json: missing {missing}, "
+                f"unexpected {unexpected}"
+            )
+        return policy
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,189 @@
+"""Component discovery through Python entry points.
+
+Six groups: ``ddrl.models``, ``ddrl.samplers``, ``ddrl.estimators``, ``ddrl.objectives``,
+``ddrl.tasks``, ``ddrl.rewards``. ddrl registers its built-ins in its own ``pyproject.toml`` exactly
+as a plugin does::
+
+    [project.entry-points."ddrl.objectives"]
+    my_objective = "my_package.objective:MyObjective"
+
+Entry points are imported lazily, on first use. A plugin that fails to import is recorded (with its
+distribution's name and the error) and never stops the other components from loading.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata as md
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+GROUPS = ("models", "samplers", "estimators", "objectives", "tasks", "rewards")
+GROUP_PREFIX = "ddrl."
+BUILTIN_DISTRIBUTION = "ddrl"
+
+
+class RegistryError(LookupError):
+    """An unknown or unloadable component name."""
+
+
+@dataclass
+class Component:
+    """One registered entry point."""
+
+    group: str
+    name: str
+    target: str  # "module:attr"
+    distribution: str
+    version: str
+    entry_point: md.EntryPoint | None = field(default=None, repr=False)
+    obj: Any = field(default=None, repr=False)
+    error: str | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN_DISTRIBUTION
+
+
+@dataclass
+class PluginProblem:
+    """Something wrong with a plugin, reported by ``ddrl plugins`` and in lookup errors."""
+
+    group: str
+    name: str
+    distribution: str
+    message: str
+
+
+class Registry:
+    """The components visible through entry points (or given explicitly, for tests).
+
+    Args:
+        entry_points: override discovery (an iterable of ``importlib.metadata.EntryPoint``).
+    """
+
+    def __init__(self, entry_points: Iterable[md.EntryPoint] | None = None) -> None:
+        self._components: dict[str, dict[str, Component]] = {g: {} for g in GROUPS}
+        self.problems: list[PluginProblem] = []
+        eps = list(entry_points) if entry_points is not None else _discover()
+        # Built-ins first so that a plugin reusing a built-in name never shadows it.
+        eps.sort(key=lambda ep: _dist_name(ep) != BUILTIN_DISTRIBUTION)
+        for ep in eps:
+            self._add_entry_point(ep)
+
+    # ---------------------------------------------------------------------------------------
+    def _add_entry_point(self, ep: md.EntryPoint) -> None:
+        group = ep.group[len(GROUP_PREFIX) :]
+        dist, version = _dist_name(ep), _dist_version(ep)
+        existing = self._components[group].get(ep.name)
+        if existing is not None:
+            if existing.target == ep.value and existing.distribution == dist:
+                return  # the same distribution seen twice on sys.path
+            self.problems.append(
+                PluginProblem(
+                    group, ep.name, dist,
+                    f"name {ep.name!r} in {ep.group} is already registered by "
+                    f"{existing.distribution} ({existing.target}); {dist}'s {ep.value} is ignored",
+                )
+            )
+            return
+        self._components[group][ep.name] = Component(group, ep.name, ep.value, dist, version, ep)
+
+    def register(self, group: str, name: str, obj: Any, distribution: str = "<runtime>") -> None:
+        """Register an object directly (for notebooks and tests; plugins use entry points)."""
+        self._check_group(group)
+        if name in self._components[group]:
+            raise RegistryError(f"{group} {name!r} is already registered")
+        target = f"{getattr(obj, '__module__', '?')}:{getattr(obj, '__qualname__', repr(obj))}"
+        self._components[group][name] = Component(group, name, target, distribution, "", obj=obj)
+
+    # ---------------------------------------------------------------------------------------
+    def names(self, group: str) -> list[str]:
+        """Names registered in a group (including ones whose import fails)."""
+        self._check_group(group)
+        return sorted(self._components[group])
+
+    def components(self, group: str) -> list[Component]:
+        self._check_group(group)
+        return [self._components[group][n] for n in self.names(group)]
+
+    def origin(self, group: str, name: str) -> str:
+        c = self._components[group].get(name)
+        return "unregistered" if c is None else f"{c.distribution} {c.version}".strip()
+
+    def get(self, group: str, name: str) -> Any:
+        """The registered object (class or function); raises ``RegistryError`` with alternatives."""
+        self._check_group(group)
+        component = self._components[group].get(name)
+        if component is None:
+            raise RegistryError(self._unknown_message(group, name))
+        if component.obj is None:
+            if component.error is None:
+                self._load(component)
+            if component.error is not None:
+                raise RegistryError(
+                    f"{group[:-1]} {name!r} from distribution {component.distribution!r} failed to "
+                    f"load ({component.target}): {component.error}"
+                )
+        return component.obj
+
+    def build(self, group: str, config: Any, **kwargs: Any) -> Any:
+        """Construct a component from its validated Config (``config.name`` picks it)."""
+        cls = self.get(group, config.name)
+        factory = getattr(cls, "from_config", None)
+        return factory(config, **kwargs) if factory is not None else cls(config, **kwargs)
+
+    def load_all(self) -> list[PluginProblem]:
+        """Import every component; return all problems (import failures and name clashes)."""
+        for group in GROUPS:
+            for component in self._components[group].values():
+                if component.obj is None and component.error is None:
+                    self._load(component)
+        return list(self.problems)
+
+    # ---------------------------------------------------------------------------------------
+    def _load(self, component: Component) -> None:
+        try:
+            assert component.entry_point is not None
+            component.obj = component.entry_point.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must never break the others
+            last = traceback.extract_tb(exc.__traceback__)[-1:]
+            where = f" at {last[0].filename}:{last[0].lineno}" if last else ""
+            component.error = f"{type(exc).__name__}: {exc}{where}"
+            self.problems.append(
+                PluginProblem(
+                    component.group, component.name, component.distribution,
+                    f"failed to import {component.target}: {component.error}",
+                )
+            )
+
+    def _unknown_message(self, group: str, name: str) -> str:
+        available = self.names(group)
+        close = difflib.get_close_matches(name, available, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        listing = ", ".join(available) if available else "none registered"
+        return f"unknown {group[:-1]} {name!r}; {hint}available: {listing}"
+
+    @staticmethod
+    def _check_group(group: str) -> None:
+        if group not in GROUPS:
+            raise RegistryError(f"unknown group {group!r}; groups: {', '.join(GROUPS)}")
+
+
+def _discover() -> list[md.EntryPoint]:
+    eps = md.entry_points()
+    found = []
+    for group in GROUPS:
+        found.extend(eps.select(group=GROUP_PREFIX + group))
+    return found
+
+
+def _dist_name(ep: md.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.metadata["Name"] if dist is not None else "<unknown>"
+
+
+def _dist_version(ep: md.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.version if dist is not None else ""

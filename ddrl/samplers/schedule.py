@@ -1,0 +1,32 @@
+"""Step schedules and per-row selection shared by the block-wise samplers (design §5)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def num_transfer_tokens(num_masked: Tensor, steps: int) -> Tensor:
+    """``[B, steps]`` tokens to reveal per step: an even split, the remainder on the first steps.
+
+    LLaDA's schedule: with m masks and s steps every step reveals m // s, and the first m % s
+    steps reveal one more (e.g. 10 masks in 4 steps -> [3, 3, 2, 2]).
+    """
+    if steps < 1:
+        raise ValueError("steps must be >= 1")
+    num_masked = num_masked.long().reshape(-1, 1)  # (B, 1)
+    base, remainder = num_masked // steps, num_masked % steps
+    step_index = torch.arange(steps, device=num_masked.device)[None, :]  # (1, S)
+    return base + (step_index < remainder).long()
+
+
+def top_per_row(confidence: Tensor, k: Tensor) -> Tensor:
+    """``[B, T]`` bool selecting the ``k[b]`` highest-confidence positions of each row.
+
+    ``confidence [B, T]`` holds ``-inf`` where a position may not be chosen; ties go to the lower
+    position index.
+    """
+    order = torch.argsort(confidence, dim=-1, descending=True, stable=True)  # (B, T)
+    rank_taken = torch.arange(confidence.shape[1], device=confidence.device)[None, :] < k[:, None]
+    chosen = torch.zeros_like(confidence, dtype=torch.bool)
+    return chosen.scatter(1, order, rank_taken)
