@@ -150,6 +150,8 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         path, value = parse_override(item)
         if path[0] not in sections:
             raise ConfigError(_unknown(path[0], sections, what="section", where=item))
+        if isinstance(out.get(path[0]), str):  # shorthand `objective: dmpo`
+            out[path[0]] = {"name": out[path[0]]}
         node = out.setdefault(path[0], {})
         for key in path[1:-1]:
             node = node.setdefault(key, {})

@@ -18,15 +18,21 @@ app.command("plugins")(plugins.plugins)
 app.command("sample")(sample.sample)
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from ddrl import __version__
 
         typer.echo(f"ddrl {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+    ),
+) -> None:
+    """RL fine-tuning of masked diffusion language models."""
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ddrl.registry import GROUPS, Registry
@@ -22,13 +23,13 @@ def plugins(
         raise typer.Exit(2)
     table = Table(title="ddrl components", show_lines=False)
     for column in ("group", "name", "distribution", "target", "status"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for g in groups:
         for c in registry.components(g):
-            status = "[green]ok[/green]" if c.error is None else f"[red]{c.error}[/red]"
+            status = "[green]ok[/green]" if c.error is None else f"[red]{escape(c.error)}[/red]"
             table.add_row(g, c.name, f"{c.distribution} {c.version}".strip(), c.target, status)
     console.print(table)
     if problems:
         console.print(f"[yellow]{len(problems)} plugin problem(s):[/yellow]")
         for p in problems:
-            console.print(f"  [yellow]{p.distribution}[/yellow] {p.group}/{p.name}: {p.message}")
+            console.print(f"  [yellow]{escape(p.distribution)}[/yellow] {p.group}/{p.name}: {escape(p.message)}")

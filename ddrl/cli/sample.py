@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ddrl.cli.common import assemble_config, pick_device
 from ddrl.config import ConfigError
@@ -48,12 +49,12 @@ def sample(
             task_obj = registry.build("tasks", cfg.task)
             texts += [task_obj.format_prompt(ex) for ex in task_obj.split(split)[:num_prompts]]
     except (ConfigError, RegistryError, FileNotFoundError, ValueError) as err:
-        console.print(f"[red]{err}[/red]")
+        console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(2) from None
     out = generate(policy, smp, texts, batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
     for text, completion in zip(out.prompts, out.completions):
-        console.print(f"[dim]{text}[/dim]", markup=True, highlight=False)
-        console.print(f"[bold]{completion}[/bold]", highlight=False)
+        console.print(f"[dim]{escape(text)}[/dim]", highlight=False)
+        console.print(f"[bold]{escape(completion)}[/bold]", highlight=False)
         console.print()
     console.print(
         f"{len(texts)} completions x {smp.completion_length} tokens | NFE {out.nfe} | "
