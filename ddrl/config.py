@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 if TYPE_CHECKING:
     from ddrl.registry import Registry
@@ -79,6 +79,16 @@ class TrainConfig(StrictConfig):
     save_steps: int = Field(50, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
     max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive NaN/inf steps")
+    num_processes: int | None = Field(None, ge=1, description="fail unless exactly this many processes run")
+
+    @model_validator(mode="after")
+    def _check_save_steps(self) -> TrainConfig:
+        if self.save_steps % self.num_iterations:
+            raise ValueError(
+                f"save_steps ({self.save_steps}) must be a multiple of num_iterations ({self.num_iterations}): "
+                "checkpoints are written between rollout batches so that a resumed run is exact"
+            )
+        return self
 
 
 class EvalConfig(StrictConfig):

@@ -79,10 +79,28 @@ class MaskedViews:
         return ids, batch.attention_mask.repeat_interleave(r, 0)
 
     def to(self, device: torch.device | str) -> MaskedViews:
-        pm = None if self.prompt_masked is None else self.prompt_masked.to(device)
+        return self._map(lambda t: t.to(device))
+
+    def index(self, rows: Tensor | slice) -> MaskedViews:
+        """The views of the given batch rows."""
+        return self._map(lambda t: t[rows])
+
+    @staticmethod
+    def cat(parts: list[MaskedViews]) -> MaskedViews:
+        """Concatenate the views of consecutive row chunks."""
+        prompts = [v.prompt_masked for v in parts]
+        if any(p is None for p in prompts) and not all(p is None for p in prompts):
+            raise ValueError("cannot concatenate views with and without prompt masks")
         return MaskedViews(
-            self.completion_masked.to(device), self.scored.to(device), self.weights.to(device), pm
+            torch.cat([v.completion_masked for v in parts]),
+            torch.cat([v.scored for v in parts]),
+            torch.cat([v.weights for v in parts]),
+            None if prompts[0] is None else torch.cat(prompts),  # type: ignore[arg-type]
         )
+
+    def _map(self, fn) -> MaskedViews:  # noqa: ANN001
+        pm = None if self.prompt_masked is None else fn(self.prompt_masked)
+        return MaskedViews(fn(self.completion_masked), fn(self.scored), fn(self.weights), pm)
 
 
 @dataclass

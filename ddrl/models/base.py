@@ -79,8 +79,7 @@ class MaskedDiffusionPolicy(nn.Module, ABC):
     # ----------------------------------------------------------------------------------------
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """``[B, T, V]`` logits with the mask token excluded from every distribution."""
-        out = self(input_ids, attention_mask)
-        return out.index_fill(-1, torch.tensor([self.mask_token_id], device=out.device), _neg(out))
+        return suppress_token(self(input_ids, attention_mask), self.mask_token_id)
 
     @property
     def device(self) -> torch.device:
@@ -120,6 +119,8 @@ class MaskedDiffusionPolicy(nn.Module, ABC):
         return self.tokenizer
 
 
-def _neg(t: Tensor) -> float:
-    """A finite stand-in for -inf: exp() underflows to 0 but 0 * it stays 0 (entropies)."""
-    return torch.finfo(t.dtype).min
+def suppress_token(logits: Tensor, token_id: int) -> Tensor:
+    """``logits`` with one vocabulary entry set to the dtype's most negative finite value:
+    exp() underflows to exactly 0, yet 0 * logit stays 0 (entropies remain finite)."""
+    index = torch.tensor([token_id], device=logits.device)
+    return logits.index_fill(-1, index, torch.finfo(logits.dtype).min)

@@ -1,15 +1,21 @@
 """The `Objective` interface: a rollout batch in, a scalar loss and metrics out.
 
-The trainer calls an objective in two phases per rollout batch:
+The trainer calls an objective in phases per rollout batch (``num_iterations`` = mu)::
 
-1. ``prepare(rollout, ctx)`` once, without gradient: everything that must stay frozen while the
-   batch is reused for ``num_iterations`` optimizer steps (importance weights, advantages, old and
-   reference log-probs on pre-drawn views).
-2. ``loss(rollout, prepared, ctx, iteration)`` at every optimizer step (and micro-batch): the
-   differentiable loss under the current policy.
+    for each chunk:  prepared_c = prepare(chunk, ctx)          # no grad, row-local (masks, old/ref log-probs)
+    prepared = weigh(rollout, cat(prepared_c), ctx)             # no grad, group-level (weights, advantages)
+    for it in range(mu):
+        prepared = begin_iteration(rollout, prepared, ctx, it)  # no grad, optional
+        for each chunk:  loss(chunk, prepared[chunk], ctx, it).backward()
 
-Objectives never import tasks, samplers or the trainer; they talk to models only through the
-estimator and ``score_views``. Cross-process group statistics go through ``ctx.gather``.
+A *chunk* is a micro-batch of ``per_device_train_batch_size`` rows with its own random generator
+(``ctx.generator``), seeded from (seed, step, global chunk index): the same rows get the same
+randomness whatever the number of processes, which is what makes a 2-process run reproduce a
+1-process one. Group statistics go through ``ctx.gather`` so a prompt's group is normalised as a
+whole even when its completions live on several processes.
+
+Objectives never import tasks, samplers or the trainer; they reach models only through the
+estimator and ``score_views``.
 """
 
 from __future__ import annotations
@@ -76,26 +82,66 @@ def _identity(t: Tensor) -> Tensor:
     return t
 
 
+def index_prepared(prepared: dict[str, Any], rows: slice) -> dict[str, Any]:
+    """The rows of every entry of a prepared dict (tensors, row-indexable objects, lists of them);
+    ``"metrics"`` and other entries without rows are passed through."""
+
+    def take(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value[rows] if value.dim() > 0 else value
+        if isinstance(value, list):
+            return [take(v) for v in value]
+        if hasattr(value, "index") and not isinstance(value, (str, tuple, dict)):
+            return value.index(rows)
+        return value
+
+    return {k: (v if k == "metrics" else take(v)) for k, v in prepared.items()}
+
+
+def cat_prepared(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concatenate the prepared dicts of consecutive chunks along their rows."""
+
+    def join(values: list[Any]) -> Any:
+        first = values[0]
+        if isinstance(first, Tensor):
+            return torch.cat(values) if first.dim() > 0 else first
+        if isinstance(first, list):
+            return [join([v[i] for v in values]) for i in range(len(first))]
+        if hasattr(type(first), "cat"):
+            return type(first).cat(values)
+        return first
+
+    return {k: join([p[k] for p in parts]) for k in parts[0]}
+
+
 @dataclass
 class ObjectiveContext:
     """What an objective may use besides the batch.
 
     Attributes:
-        policy: the policy being trained (gradients flow through it in ``loss``).
-        old_policy: the policy that generated the rollouts (``None``: the current policy's
-            parameters at ``prepare`` time are the old policy).
-        ref_policy: the frozen reference (``None`` when the objective does not need one).
+        policy: the policy being trained (gradients flow through it in ``loss``; in ``prepare``
+            it still holds the weights that generated the rollouts, i.e. it is the old policy).
         estimator: the configured likelihood estimator.
-        gather: all-gather along dim 0 over processes (identity on one process).
-        generator: random source for masks drawn inside the objective.
+        ref_policy: the frozen reference (``None`` when the objective does not need one).
+        gather: all-gather along dim 0 over processes, rank-major (identity on one process).
+        process_index: this process's rank; its rows are ``[rank*B, (rank+1)*B)`` of a gather.
+        generator: random source for masks drawn inside the objective (per chunk).
+        num_iterations: mu, optimizer steps per rollout batch.
     """
 
     policy: MaskedDiffusionPolicy
     estimator: LikelihoodEstimator
-    old_policy: MaskedDiffusionPolicy | None = None
     ref_policy: MaskedDiffusionPolicy | None = None
     gather: Callable[[Tensor], Tensor] = _identity
+    process_index: int = 0
     generator: torch.Generator | None = None
+    num_iterations: int = 1
+
+    def gather_groups(self, *tensors: Tensor) -> tuple[list[Tensor], slice]:
+        """All-gather ``[B]`` tensors; return them and the slice of this process's rows."""
+        gathered = [self.gather(t.contiguous()) for t in tensors]
+        b = tensors[0].shape[0]
+        return gathered, slice(self.process_index * b, (self.process_index + 1) * b)
 
 
 @dataclass
@@ -118,12 +164,11 @@ class Objective(ABC):
 
     * ``needs_estimator``: capabilities the estimator must provide (``LikelihoodEstimator.provides``).
     * ``needs_sampler``: what the sampler must record (``Sampler.records``).
-    * ``needs_reference``: whether a frozen reference policy is required.
+    * ``needs_reference`` (property): whether a frozen reference policy is required.
     """
 
     Config: ClassVar[type[ObjectiveConfig]]
     needs_estimator: ClassVar[frozenset[str]] = frozenset()
-    needs_sampler: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: ObjectiveConfig) -> None:
         self.config = config
@@ -136,16 +181,37 @@ class Objective(ABC):
     def needs_reference(self) -> bool:
         return False
 
+    @property
+    def needs_sampler(self) -> frozenset[str]:
+        return frozenset()
+
+    def rollout_scorers(self, ctx: ObjectiveContext) -> list[MaskedDiffusionPolicy]:
+        """Policies the sampler should score along its path (e.g. the reference)."""
+        return []
+
     @abstractmethod
     def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> dict[str, Any]:
-        """Frozen per-rollout-batch quantities (called under ``torch.no_grad()``)."""
+        """Row-local frozen quantities of one chunk (called under ``torch.no_grad()``).
+
+        Every value must have the chunk's rows on its first dimension (tensors, or objects with
+        ``index``/``cat``) so that the trainer can concatenate chunks and slice them again.
+        """
+
+    def weigh(self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext) -> dict[str, Any]:
+        """Group-level quantities over the whole local batch (under ``torch.no_grad()``).
+
+        Return ``prepared`` updated; a ``"metrics"`` entry (``dict[str, float]``) is logged.
+        """
+        return prepared
+
+    def begin_iteration(
+        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
+    ) -> dict[str, Any]:
+        """Hook before each inner iteration (under ``torch.no_grad()``); return ``prepared``."""
+        return prepared
 
     @abstractmethod
     def loss(
         self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
     ) -> ObjectiveOutput:
-        """The differentiable loss at inner iteration ``iteration`` (0 .. num_iterations-1).
-
-        ``rollout`` and ``prepared`` may be a micro-batch of the rows passed to ``prepare``
-        (the trainer slices every tensor in ``prepared`` whose first dimension is B).
-        """
+        """The differentiable loss of one chunk at inner iteration ``iteration`` (0 .. mu-1)."""

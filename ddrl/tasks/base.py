@@ -88,6 +88,10 @@ class Task(ABC):
         """Prompt token ids for ``policy`` (override for tasks without text prompts)."""
         return policy.encode_prompt(self.format_prompt(example))
 
+    def decode(self, completion_ids: list[int], policy: MaskedDiffusionPolicy) -> str:
+        """Completion text for rewards and scoring (override for tasks without text)."""
+        return policy.decode_completion(completion_ids)
+
     def reward_columns(self, example: Example) -> dict[str, Any]:
         """Fields passed to reward functions for this example."""
         return {"answer": example.answer, **example.columns}

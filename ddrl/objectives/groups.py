@@ -1,0 +1,69 @@
+"""Per-group statistics over the completions of each prompt (rows sharing a group id).
+
+All functions take flat ``[N]`` tensors and ``group_ids [N]`` and return ``[N]`` (each row gets
+its group's statistic), so they work unchanged on a batch gathered from several processes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def group_index(group_ids: Tensor) -> tuple[Tensor, int]:
+    """Dense group index ``[N]`` in 0..n_groups-1 and n_groups."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    return inverse, int(inverse.max().item()) + 1 if inverse.numel() else 0
+
+
+def group_sum(x: Tensor, group_ids: Tensor) -> Tensor:
+    inv, n = group_index(group_ids)
+    return torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, inv, x)[inv]
+
+
+def group_size(group_ids: Tensor) -> Tensor:
+    return group_sum(torch.ones_like(group_ids, dtype=torch.float64), group_ids)
+
+
+def group_mean(x: Tensor, group_ids: Tensor) -> Tensor:
+    return group_sum(x, group_ids) / group_size(group_ids).to(x.dtype)
+
+
+def group_std(x: Tensor, group_ids: Tensor) -> Tensor:
+    """Sample standard deviation (n - 1 in the denominator; 0 for a group of one)."""
+    n = group_size(group_ids).to(x.dtype)
+    centred = x - group_mean(x, group_ids)
+    return (group_sum(centred**2, group_ids) / (n - 1).clamp(min=1)).sqrt()
+
+
+def leave_one_out_mean(x: Tensor, group_ids: Tensor) -> Tensor:
+    """Mean of the *other* rows of the group: (sum - x) / (n - 1)."""
+    n = group_size(group_ids).to(x.dtype)
+    if bool((n < 2).any()):
+        raise ValueError("a leave-one-out baseline needs at least 2 completions per prompt")
+    return (group_sum(x, group_ids) - x) / (n - 1)
+
+
+def group_softmax(x: Tensor, group_ids: Tensor) -> Tensor:
+    """softmax of ``x`` within each group (numerically stable)."""
+    inv, n = group_index(group_ids)
+    peak = torch.full((n,), -torch.inf, dtype=x.dtype, device=x.device).scatter_reduce(
+        0, inv, x, reduce="amax", include_self=True
+    )
+    e = torch.exp(x - peak[inv])
+    return e / torch.zeros(n, dtype=x.dtype, device=x.device).index_add_(0, inv, e)[inv]
+
+
+def normalized_ess(weights: Tensor, group_ids: Tensor) -> Tensor:
+    """Per-row 1 / (G sum_g w_g^2) of its group, for weights normalised within each group:
+    1 for uniform weights, 1/G when one completion takes all the weight."""
+    return 1.0 / (group_size(group_ids).to(weights.dtype) * group_sum(weights**2, group_ids))
+
+
+def per_group(x: Tensor, group_ids: Tensor) -> Tensor:
+    """One value per group (the value of its first row): ``[n_groups]``."""
+    inv, n = group_index(group_ids)
+    first = torch.full((n,), x.numel(), dtype=torch.long, device=x.device).scatter_reduce(
+        0, inv, torch.arange(x.numel(), device=x.device), reduce="amin"
+    )
+    return x[first]

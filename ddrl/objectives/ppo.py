@@ -1,0 +1,41 @@
+"""PPO-style token losses shared by the GRPO family (pure functions of tensors)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class ClippedSurrogate(NamedTuple):
+    loss: Tensor  # [B, L] per-token -min(r A, clip(r) A)
+    ratio: Tensor  # [B, L]
+    low_clipped: Tensor  # [B, L] bool: r < 1 - eps_low with A < 0
+    high_clipped: Tensor  # [B, L] bool: r > 1 + eps_high with A > 0
+
+
+def clipped_surrogate(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, eps_low: float, eps_high: float
+) -> ClippedSurrogate:
+    """Token-level PPO clip: ``logp, old_logp [B, L]``, ``advantages [B]``.
+
+    loss = -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A) with r = exp(logp - old_logp).
+    """
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None]
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    loss = -torch.minimum(ratio * adv, clipped * adv)
+    return ClippedSurrogate(loss, ratio, (ratio < 1 - eps_low) & (adv < 0), (ratio > 1 + eps_high) & (adv > 0))
+
+
+def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Schulman's k3 estimator of KL(pi || ref) per token: exp(d) - d - 1 with d = ref - logp (>= 0)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over the True entries of ``mask`` (0 when there are none)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)

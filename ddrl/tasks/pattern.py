@@ -1,0 +1,68 @@
+"""`pattern`: a token-level toy target small enough to enumerate (design §2: verification).
+
+Prompts are short random token sequences over ``num_tokens`` ids; each prompt has a target pattern
+of ``length`` tokens, and the reward is the fraction of completion positions that match it. With a
+token-only `tiny` policy (``charset: null``, ``vocab_size = num_tokens + 1``) every completion can be
+listed, so p_theta, the tilted target p* ∝ p_ref exp(r/alpha) and KL(p*||p_theta) are exact
+(``ddrl.exact``). No text is involved: prompts are token ids and completions are shown as ids.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from pydantic import ConfigDict, Field
+
+from ddrl.config import ConfigError
+from ddrl.tasks.base import Example, Task, TaskConfig
+
+if TYPE_CHECKING:
+    from ddrl.models.base import MaskedDiffusionPolicy
+
+
+class PatternConfig(TaskConfig):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "pattern"
+    num_tokens: int = Field(4, ge=2, description="token ids 0..num_tokens-1 (the policy adds the mask)")
+    length: int = Field(4, ge=1, le=8, description="completion length L (num_tokens^L completions)")
+    num_prompts: int = Field(3, ge=1)
+    prompt_length: int = Field(2, ge=0)
+
+
+class PatternTask(Task):
+    """The same prompts serve as train and test split: the target is a distribution, not a skill."""
+
+    Config = PatternConfig
+    default_rewards = ("pattern_match",)
+    config: PatternConfig
+
+    def load(self, split: str) -> list[Example]:
+        cfg = self.config
+        g = torch.Generator().manual_seed(cfg.seed)
+        out = []
+        for i in range(cfg.num_prompts):
+            prompt = torch.randint(cfg.num_tokens, (cfg.prompt_length,), generator=g).tolist()
+            target = torch.randint(cfg.num_tokens, (cfg.length,), generator=g).tolist()
+            out.append(Example(f"pattern-{i}", " ".join(map(str, prompt)), target, {"prompt_ids": prompt}))
+        return out
+
+    def format_prompt(self, example: Example) -> str:
+        return example.question
+
+    def encode(self, example: Example, policy: MaskedDiffusionPolicy) -> list[int]:
+        if policy.vocab_size < self.config.num_tokens + 1:
+            raise ConfigError(
+                f"pattern needs a policy over {self.config.num_tokens} tokens plus the mask; "
+                f"this one has vocab_size {policy.vocab_size}"
+            )
+        return list(example.columns["prompt_ids"])
+
+    def decode(self, completion_ids: list[int], policy: MaskedDiffusionPolicy) -> str:
+        return " ".join(map(str, completion_ids))
+
+    def score(self, example: Example, completion: str) -> dict[str, float]:
+        tokens = [int(t) for t in completion.split()]
+        match = sum(a == b for a, b in zip(tokens, example.answer)) / len(example.answer)
+        return {"accuracy": float(match == 1.0), "match": match}

@@ -1,0 +1,107 @@
+"""Checkpoints: written atomically, loaded without unpickling anything untrusted.
+
+Layout of ``RUN_DIR/checkpoints/step-000040/``::
+
+    policy/              the policy's save_pretrained directory (safetensors; loadable on its own)
+    optimizer.pt         optimizer state (tensors and numbers only; loaded with weights_only=True)
+    trainer_state.json   step, scheduler state, counters
+    rng.safetensors      torch's global RNG state (ddrl's own draws are keyed by step, not by it)
+
+A checkpoint directory is first written as ``step-000040.tmp`` and renamed when complete, so a
+killed process leaves either a whole checkpoint or none.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ddrl.models.base import MaskedDiffusionPolicy
+
+CHECKPOINTS = "checkpoints"
+_NAME = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    policy: MaskedDiffusionPolicy,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    keep: int | None = None,
+) -> Path:
+    """Write the checkpoint of ``step``; keep only the ``keep`` newest ones."""
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    policy.save_pretrained(tmp / "policy")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    payload = {"step": step, "python_random": _jsonable(random.getstate()), **state}
+    (tmp / "trainer_state.json").write_text(json.dumps(payload, indent=1) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    if keep is not None:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, policy: MaskedDiffusionPolicy, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG from ``path``; return the trainer state."""
+    weights = Path(path) / "policy"
+    state_dict = _policy_state(weights, policy)
+    missing, unexpected = policy.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path} does not fit the policy: missing {missing}, unexpected {unexpected}")
+    optimizer.load_state_dict(torch.load(Path(path) / "optimizer.pt", weights_only=True, map_location="cpu"))
+    torch.set_rng_state(load_file(str(Path(path) / "rng.safetensors"))["torch_rng"])
+    state = json.loads((Path(path) / "trainer_state.json").read_text())
+    random.setstate(_tuplify(state.pop("python_random")))
+    return state
+
+
+def _policy_state(weights_dir: Path, policy: MaskedDiffusionPolicy) -> dict[str, torch.Tensor]:
+    """The policy's state dict read back through its own ``from_pretrained``."""
+    loaded = type(policy).from_pretrained(weights_dir)
+    return loaded.state_dict()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _tuplify(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    return value

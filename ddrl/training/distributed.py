@@ -1,0 +1,72 @@
+"""Processes: an accelerate setup that cannot silently train unsynchronised (design §9).
+
+Two traps on machines without GPUs, both checked at start-up:
+
+* ``accelerate launch --cpu --num_processes 2`` starts ONE process (the simple launcher) yet sets
+  MASTER_ADDR/MASTER_PORT as for a multi-process run;
+* processes started by ``torchrun`` or ``accelerate launch --multi_gpu`` each see a world of one
+  unless the Accelerator is told to use the CPU (then it joins them with gloo).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ddrl.models.base import MaskedDiffusionPolicy, suppress_token
+
+
+class LaunchError(RuntimeError):
+    """The processes that run are not the processes that were launched."""
+
+
+def make_accelerator(bf16: bool = False, expected_processes: int | None = None) -> Any:
+    """An Accelerator that uses gloo on CPU, checked against how the run was launched."""
+    from accelerate import Accelerator
+
+    cpu = not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=cpu, mixed_precision="bf16" if bf16 else "no")
+    check_world_size(accelerator.num_processes, expected_processes, os.environ)
+    return accelerator
+
+
+def check_world_size(seen: int, expected: int | None, env: Any) -> None:
+    """Fail loudly when the world size this process sees differs from the launch."""
+    launched = env.get("WORLD_SIZE")
+    if launched is not None and int(launched) != seen:
+        raise LaunchError(
+            f"launched with WORLD_SIZE={launched} but this process sees {seen}: the processes would "
+            "train unsynchronised. Launch with `torchrun --nproc_per_node N` or "
+            "`accelerate launch --multi_gpu --num_processes N`."
+        )
+    if launched is None and seen == 1 and env.get("MASTER_PORT") and env.get("ACCELERATE_USE_CPU", "").lower() == "true":
+        raise LaunchError(
+            "`accelerate launch --cpu --num_processes N` runs a single process. For N CPU processes use "
+            "`accelerate launch --multi_gpu --num_processes N ...` or `torchrun --nproc_per_node N ...`."
+        )
+    if expected is not None and expected != seen:
+        raise LaunchError(f"expected {expected} processes (train.num_processes) but {seen} are running")
+
+
+class TrainedPolicy:
+    """The policy being trained, seen through its distributed wrapper.
+
+    ``logits`` calls the wrapper's forward (so DDP/FSDP hooks synchronise gradients); every
+    other attribute is the underlying policy's.
+    """
+
+    def __init__(self, wrapped: torch.nn.Module, policy: MaskedDiffusionPolicy) -> None:
+        self._wrapped = wrapped
+        self._policy = policy
+
+    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return suppress_token(self._wrapped(input_ids, attention_mask), self._policy.mask_token_id)
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self._wrapped(input_ids, attention_mask)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)

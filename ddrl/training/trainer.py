@@ -1,0 +1,344 @@
+"""The RL loop every objective shares: rollouts -> rewards -> objective -> optimizer (design §3).
+
+One *rollout batch* (``num_prompts x G`` completions over all processes) serves
+``num_iterations`` (mu) optimizer steps; each optimizer step accumulates gradients over this
+process's chunks (``gradient_accumulation_steps`` micro-batches). ``max_steps`` counts optimizer
+steps. All randomness is keyed by (seed, purpose, rollout, iteration, chunk), so a run resumed from a
+checkpoint, or split over more processes with the same global batch, computes the same numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import nullcontext
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ddrl.config import ConfigError, RunConfig, dump_yaml, resolve_config
+from ddrl.objectives.base import Objective, ObjectiveContext, RolloutBatch, cat_prepared, index_prepared
+from ddrl.registry import Registry
+from ddrl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ddrl.training.distributed import TrainedPolicy, make_accelerator
+from ddrl.training.logger import MetricsLogger, read_metrics
+from ddrl.training.optim import build_optimizer, set_learning_rate
+from ddrl.training.rollout import ChunkStats, PromptSchedule, RolloutPlan, cat_rollouts, generate_chunk
+from ddrl.training.seeding import keyed_generator
+
+CONFIG_FILE = "config.yaml"
+FINAL_DIR = "final"
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_dir: Path
+    steps: int
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Rollout:
+    """A rollout batch on this process: chunks as generated, and the objective's frozen state."""
+
+    index: int
+    chunks: list[RolloutBatch]
+    stats: list[ChunkStats]
+    prepared: dict[str, Any]
+    metrics: dict[str, float]
+
+
+class Trainer:
+    """Build every component from a ``RunConfig`` and train.
+
+    Args:
+        config: the run (component sections may still be unresolved).
+        registry: where components come from (entry points by default).
+        resume: continue the run in ``train.output_dir`` from its latest checkpoint.
+        callbacks: ``fn(trainer, step) -> dict | None`` after each optimizer step (every process);
+            returned entries join that step's metrics (e.g. held-out accuracy, exact divergences).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        registry: Registry | None = None,
+        *,
+        resume: bool = False,
+        console: Console | None = None,
+        callbacks: Sequence[Callable[[Trainer, int], dict[str, Any] | None]] = (),  # type: ignore[assignment]
+    ) -> None:
+        self.registry = registry or Registry()
+        self.callbacks = list(callbacks)
+        self.cfg = resolve_config(config, self.registry)
+        self.console = console or Console()
+        self.resume = resume
+        tc = self.cfg.train
+        self.accelerator = make_accelerator(tc.bf16, tc.num_processes)
+        self.device = self.accelerator.device
+        self.run_dir = Path(tc.output_dir)
+        self._prepare_run_dir()
+        self._build_components()
+        self.plan = RolloutPlan.from_batch_sizes(
+            tc.per_device_train_batch_size, tc.gradient_accumulation_steps, self.accelerator.num_processes,
+            tc.num_generations, self.accelerator.process_index,
+        )
+        self.examples = self.task.split("train")
+        self.schedule = PromptSchedule(len(self.examples), tc.seed)
+        self.logger = MetricsLogger(self.run_dir, self.cfg.logging.report_to, self.accelerator.is_main_process)
+
+    # ------------------------------------------------------------------------------------------
+    # set-up
+
+    def _prepare_run_dir(self) -> None:
+        config_path = self.run_dir / CONFIG_FILE
+        if self.resume and not config_path.exists():
+            raise ConfigError(f"cannot resume: {config_path} does not exist")
+        if not self.resume and (latest_checkpoint(self.run_dir) is not None or (self.run_dir / "metrics.jsonl").exists()):
+            raise ConfigError(
+                f"{self.run_dir} already holds a run; resume it with `ddrl train --resume {self.run_dir}` "
+                "or choose another train.output_dir"
+            )
+        if self.accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_path.write_text(dump_yaml(self.cfg))
+            (self.run_dir / "run.json").write_text(_run_info())
+        self.accelerator.wait_for_everyone()
+
+    def _build_components(self) -> None:
+        cfg, reg = self.cfg, self.registry
+        self.objective: Objective = reg.build("objectives", cfg.objective)
+        self.estimator = reg.build("estimators", cfg.estimator)
+        self.sampler = reg.build("samplers", cfg.sampler)
+        self.task = reg.build("tasks", cfg.task)
+        self.reward_fns = self.task.reward_functions(reg)
+        _check_compatible(self.objective, self.estimator, self.sampler, cfg)
+        torch.manual_seed(cfg.train.seed)
+        policy = reg.build("models", cfg.model)
+        if cfg.train.gradient_checkpointing and hasattr(policy, "set_gradient_checkpointing"):
+            policy.set_gradient_checkpointing(True)
+        self.ref = None
+        if self.objective.needs_reference:
+            self.ref = copy.deepcopy(policy).eval().requires_grad_(False).to(self.device)
+        optimizer = build_optimizer(policy.parameters(), cfg.train)
+        self.wrapped, self.optimizer = self.accelerator.prepare(policy.to(self.device), optimizer)
+        self.policy = self.accelerator.unwrap_model(self.wrapped)
+        self.trained = TrainedPolicy(self.wrapped, self.policy)
+
+    # ------------------------------------------------------------------------------------------
+    # the loop
+
+    def train(self) -> TrainResult:
+        tc = self.cfg.train
+        step = self._restore()
+        bad_steps, start = 0, time.perf_counter()
+        rollout: _Rollout | None = None
+        with self._progress() as progress:
+            task_id = progress.add_task("train", total=tc.max_steps, completed=step, reward=math.nan, acc=math.nan, loss=math.nan)
+            while step < tc.max_steps:
+                iteration = step % tc.num_iterations
+                if rollout is None or iteration == 0:
+                    rollout = self._rollout(step // tc.num_iterations)
+                metrics, ok = self._optimizer_step(rollout, iteration, step)
+                bad_steps = 0 if ok else bad_steps + 1
+                if bad_steps >= tc.max_bad_steps:
+                    raise TrainingDiverged(f"{bad_steps} consecutive steps had a non-finite loss or gradient; stopping")
+                step += 1
+                for callback in self.callbacks:
+                    metrics.update(callback(self, step) or {})
+                metrics["elapsed"] = time.perf_counter() - start
+                self.logger.log(step, metrics)
+                progress.update(task_id, completed=step, reward=metrics["reward"], acc=metrics["accuracy"], loss=metrics["loss"])
+                if step % tc.save_steps == 0 and step % tc.num_iterations == 0 and step < tc.max_steps:
+                    self._save(step)
+        return self._finish(step)
+
+    def _restore(self) -> int:
+        if not self.resume:
+            return 0
+        path = latest_checkpoint(self.run_dir)
+        if path is None:
+            self.logger.truncate_after(0)
+            return 0
+        state = load_checkpoint(path, self.policy, self.optimizer)
+        self.logger.truncate_after(state["step"])
+        if self.accelerator.is_main_process:
+            self.console.print(f"resumed from {path} at step {state['step']}")
+        return int(state["step"])
+
+    def _save(self, step: int) -> None:
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.run_dir, step, self.policy, self.optimizer, {}, keep=self.cfg.train.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+    def _finish(self, step: int) -> TrainResult:
+        final = self.run_dir / FINAL_DIR
+        if step % self.cfg.train.num_iterations == 0:
+            self._save(step)
+        if self.accelerator.is_main_process:
+            self.policy.save_pretrained(final)
+        self.accelerator.wait_for_everyone()
+        self.logger.close()
+        return TrainResult(self.run_dir, final, step, read_metrics(self.run_dir))
+
+    def _context(self, generator: torch.Generator | None, trained: bool = False) -> ObjectiveContext:
+        return ObjectiveContext(
+            policy=self.trained if trained else self.policy,  # type: ignore[arg-type]
+            estimator=self.estimator,
+            ref_policy=self.ref,
+            gather=self.accelerator.gather,
+            process_index=self.accelerator.process_index,
+            generator=generator,
+            num_iterations=self.cfg.train.num_iterations,
+        )
+
+    def _key(self, *keys: object) -> torch.Generator:
+        return keyed_generator(self.cfg.train.seed, *keys, device=self.device)
+
+    # ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _rollout(self, index: int) -> _Rollout:
+        """Generate, reward and prepare this process's chunks of rollout batch ``index``."""
+        plan = self.plan
+        prompt_idx = self.schedule.indices(index, plan.num_prompts)
+        scorers = self.objective.rollout_scorers(self._context(None))
+        chunks, stats, prepared = [], [], []
+        for c in plan.my_chunks():
+            rows = plan.chunk_rows(c)
+            examples = [self.examples[prompt_idx[r // plan.num_generations]] for r in rows]
+            groups = [index * plan.num_prompts + r // plan.num_generations for r in rows]
+            chunk, st = generate_chunk(
+                self.policy, self.sampler, self.task, examples, groups, self.reward_fns,
+                self._key("rollout", index, c), scorers, self.cfg.train.max_prompt_length,
+            )
+            chunks.append(chunk)
+            stats.append(st)
+            prepared.append(self.objective.prepare(chunk, self._context(self._key("prepare", index, c))))
+        local = cat_rollouts(chunks)
+        weighed = self.objective.weigh(local, cat_prepared(prepared), self._context(None))
+        metrics = weighed.pop("metrics", {})
+        metrics.update(self._rollout_metrics(local, stats))
+        return _Rollout(index, chunks, stats, weighed, metrics)
+
+    def _rollout_metrics(self, local: RolloutBatch, stats: list[ChunkStats]) -> dict[str, float]:
+        gather = self.accelerator.gather
+        rewards = gather(local.rewards.float())
+        acc = gather(torch.tensor([a for s in stats for a in s.accuracy], device=self.device))
+        length = gather(torch.tensor([n for s in stats for n in s.completion_length], device=self.device).float())
+        out = {
+            "reward": rewards.mean().item(),
+            "reward_std": rewards.std().item() if rewards.numel() > 1 else 0.0,
+            "accuracy": acc.mean().item(),
+            "completion_length": length.mean().item(),
+        }
+        for name, values in local.reward_components.items():
+            out[f"rewards/{name}"] = torch.nanmean(gather(values.float())).item()
+        return out
+
+    def _optimizer_step(self, rollout: _Rollout, iteration: int, step: int) -> tuple[dict[str, Any], bool]:
+        tc = self.cfg.train
+        self.policy.train()
+        with torch.no_grad():
+            rollout.prepared = self.objective.begin_iteration(
+                cat_rollouts(rollout.chunks), rollout.prepared, self._context(self._key("iteration", rollout.index, iteration)),
+                iteration,
+            )
+        lr = set_learning_rate(self.optimizer, step, tc)
+        losses, loss_metrics = [], []
+        chunks = self.plan.my_chunks()
+        for i, (c, chunk) in enumerate(zip(chunks, rollout.chunks)):
+            rows = slice(i * tc.per_device_train_batch_size, (i + 1) * tc.per_device_train_batch_size)
+            ctx = self._context(self._key("loss", rollout.index, iteration, c), trained=True)
+            sync = i == len(chunks) - 1
+            with (nullcontext() if sync else self.accelerator.no_sync(self.wrapped)):
+                out = self.objective.loss(chunk, index_prepared(rollout.prepared, rows), ctx, iteration)
+                self.accelerator.backward(out.loss / tc.gradient_accumulation_steps)
+            losses.append(out.loss.detach())
+            loss_metrics.append(out.metrics)
+        max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else math.inf
+        grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), max_norm)
+        loss = torch.stack(losses).mean()
+        bad = (~torch.isfinite(loss) | ~torch.isfinite(torch.as_tensor(grad_norm))).float().to(self.device)
+        ok = self.accelerator.reduce(bad, "max").item() == 0
+        if ok:
+            self.optimizer.step()
+        else:
+            self.console.print(f"[yellow]step {step + 1}: non-finite loss or gradient; update skipped[/yellow]")
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = {**rollout.metrics, **self._mean_over_processes(loss_metrics)}
+        metrics.update(
+            loss=self.accelerator.reduce(loss, "mean").item(),
+            grad_norm=float(grad_norm),
+            learning_rate=lr,
+            num_completions=(rollout.index + 1) * self.plan.num_prompts * self.plan.num_generations,
+            skipped=not ok,
+        )
+        return metrics, ok
+
+    def _mean_over_processes(self, dicts: list[dict[str, float]]) -> dict[str, float]:
+        keys = sorted({k for d in dicts for k in d})
+        if not keys:
+            return {}
+        local = torch.tensor([[d.get(k, math.nan) for k in keys] for d in dicts], device=self.device).nanmean(0)
+        return dict(zip(keys, self.accelerator.reduce(local, "mean").tolist()))
+
+    def _progress(self) -> Progress:
+        enabled = self.cfg.logging.progress and self.accelerator.is_main_process
+        return Progress(
+            TextColumn("[bold]train[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("reward {task.fields[reward]:.3f}  acc {task.fields[acc]:.3f}  loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not enabled,
+        )
+
+
+def _check_compatible(objective: Objective, estimator: Any, sampler: Any, cfg: RunConfig) -> None:
+    missing = set(objective.needs_estimator) - set(estimator.provides)
+    if missing:
+        raise ConfigError(
+            f"objective {cfg.objective.name!r} needs an estimator providing {sorted(missing)}; "
+            f"{cfg.estimator.name!r} provides {sorted(estimator.provides)}"
+        )
+    missing = set(objective.needs_sampler) - set(sampler.records)
+    if missing:
+        raise ConfigError(
+            f"objective {cfg.objective.name!r} (as configured) needs a sampler that records {sorted(missing)}; "
+            f"{cfg.sampler.name!r} records {sorted(sampler.records) or 'nothing'} (try sampler: ancestral)"
+        )
+
+
+def _run_info() -> str:
+    import json
+    import platform
+
+    import ddrl
+
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(ddrl.__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        rev = None
+    info = {
+        "ddrl_version": ddrl.__version__,
+        "git_revision": rev,
+        "torch_version": torch.__version__,
+        "python": platform.python_version(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return json.dumps(info, indent=1) + "\n"
