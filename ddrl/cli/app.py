@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from ddrl.cli import plugins, sample
+from ddrl.cli import plugins, sample, train
 
 app = typer.Typer(
     name="ddrl",
@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 app.command("plugins")(plugins.plugins)
 app.command("sample")(sample.sample)
+app.command("train")(train.train)
 
 
 def _print_version(value: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -13,7 +14,7 @@ from ddrl.registry import Registry
 
 def assemble_config(
     registry: Registry,
-    recipe: Path | None,
+    recipe: Path | dict[str, Any] | None,
     names: dict[str, str | None],
     overrides: Iterable[str],
     sections: Iterable[str],
@@ -24,7 +25,10 @@ def assemble_config(
     A flag that switches a section to another component drops the recipe's options for the old
     one (they would not validate against the new component's Config).
     """
-    raw: dict[str, Any] = load_recipe(recipe) if recipe is not None else {}
+    if isinstance(recipe, dict):
+        raw: dict[str, Any] = copy.deepcopy(recipe)
+    else:
+        raw = load_recipe(recipe) if recipe is not None else {}
     for section, name in names.items():
         if name is None:
             continue
@@ -33,6 +37,11 @@ def assemble_config(
         current_name = current.get("name") if isinstance(current, dict) else current
         if current_name != name:
             raw[section] = {"name": name}
+            if section == "objective" and names.get("estimator") is None:
+                # a new objective without a named estimator gets the one it was published with
+                preferred = getattr(registry.get("objectives", name), "preferred_estimator", None)
+                if preferred is not None:
+                    raw["estimator"] = {"name": preferred}
     for key, value in (extra or {}).items():
         if value is None:
             continue

@@ -169,6 +169,7 @@ class Objective(ABC):
 
     Config: ClassVar[type[ObjectiveConfig]]
     needs_estimator: ClassVar[frozenset[str]] = frozenset()
+    preferred_estimator: ClassVar[str | None] = None  # used when a run names no estimator
 
     def __init__(self, config: ObjectiveConfig) -> None:
         self.config = config

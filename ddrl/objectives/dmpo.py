@@ -136,6 +136,7 @@ def wdce_loss(policy: MaskedDiffusionPolicy, rollout: RolloutBatch, advantage: T
 class DMPO(Objective):
     Config = DMPOConfig
     config: DMPOConfig
+    preferred_estimator = "elbo"
 
     @property
     def needs_reference(self) -> bool:
@@ -143,7 +144,7 @@ class DMPO(Objective):
 
     @property
     def needs_sampler(self) -> frozenset[str]:
-        return frozenset({"token_logprobs", "scorer_logprobs"}) if self.config.log_ratio == "path" else frozenset()
+        return frozenset({"exact_path", "scorer_logprobs"}) if self.config.log_ratio == "path" else frozenset()
 
     @property
     def needs_estimator(self) -> frozenset[str]:  # type: ignore[override]

@@ -126,7 +126,9 @@ class _GRPOFamily(Objective):
 
 class DiffuGRPO(_GRPOFamily):
     Config = DiffuGRPOConfig
+    preferred_estimator = "one_step"
 
 
 class CoupledGRPO(_GRPOFamily):
     Config = CoupledGRPOConfig
+    preferred_estimator = "coupled"

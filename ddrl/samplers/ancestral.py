@@ -46,7 +46,7 @@ class AncestralSamplerConfig(SamplerConfig):
 
 class AncestralSampler(Sampler):
     Config = AncestralSamplerConfig
-    records = frozenset({"unmask_step", "token_logprobs", "scorer_logprobs"})
+    records = frozenset({"unmask_step", "token_logprobs", "scorer_logprobs", "exact_path"})  # type: ignore[assignment]
     config: AncestralSamplerConfig
 
     @torch.no_grad()

@@ -76,11 +76,13 @@ class Sampler(ABC):
     """Generates completions for a batch of prompts.
 
     ``records`` lists what the returned ``SampleOutput`` carries besides tokens:
-    ``"unmask_step"``, ``"token_logprobs"``, ``"scorer_logprobs"``.
+    ``"unmask_step"``, ``"token_logprobs"``, ``"scorer_logprobs"``, and ``"exact_path"`` when
+    one token is revealed per step in an order drawn independently of the policy (uniformly at
+    random), so that summed token log-probs are exact path likelihoods log p(o | q; sigma) and
+    their ref/old difference is a valid importance weight.
     """
 
     Config: ClassVar[type[SamplerConfig]]
-    records: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, config: SamplerConfig) -> None:
         self.config = config
@@ -88,6 +90,10 @@ class Sampler(ABC):
     @classmethod
     def from_config(cls, config: SamplerConfig) -> Sampler:
         return cls(config)
+
+    @property
+    def records(self) -> frozenset[str]:
+        return frozenset()
 
     @property
     def completion_length(self) -> int:

@@ -51,8 +51,15 @@ class BlockSamplerConfig(SamplerConfig):
 
 class BlockSampler(Sampler):
     Config = BlockSamplerConfig
-    records = frozenset({"unmask_step", "token_logprobs", "scorer_logprobs"})
     config: BlockSamplerConfig
+
+    @property
+    def records(self) -> frozenset[str]:
+        out = {"unmask_step", "token_logprobs", "scorer_logprobs"}
+        cfg = self.config
+        if cfg.steps == cfg.max_completion_length and cfg.remasking == "random" and cfg.cfg_scale == 0:
+            out.add("exact_path")  # one token per step, in a uniformly random order within blocks
+        return frozenset(out)
 
     @torch.no_grad()
     def sample(

@@ -113,7 +113,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config_path.write_text(dump_yaml(self.cfg))
-            (self.run_dir / "run.json").write_text(_run_info())
+            (self.run_dir / "run.json").write_text(_run_info(self.accelerator.num_processes))
         self.accelerator.wait_for_everyone()
 
     def _build_components(self) -> None:
@@ -322,7 +322,7 @@ def _check_compatible(objective: Objective, estimator: Any, sampler: Any, cfg: R
         )
 
 
-def _run_info() -> str:
+def _run_info(num_processes: int) -> str:
     import json
     import platform
 
@@ -339,6 +339,7 @@ def _run_info() -> str:
         "git_revision": rev,
         "torch_version": torch.__version__,
         "python": platform.python_version(),
+        "num_processes": num_processes,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return json.dumps(info, indent=1) + "\n"

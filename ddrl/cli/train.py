@@ -1,0 +1,64 @@
+"""``ddrl train``: RL fine-tuning from a recipe, component flags and ``--set`` overrides."""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.markup import escape
+
+from ddrl.cli.common import assemble_config
+from ddrl.config import ConfigError, load_recipe
+from ddrl.registry import Registry, RegistryError
+from ddrl.training.distributed import LaunchError
+from ddrl.training.trainer import CONFIG_FILE, Trainer
+
+DEFAULT_RECIPE = "tiny/countdown_dmpo.yaml"
+
+
+def builtin_recipe(name: str) -> dict:
+    """A recipe shipped with ddrl (``recipes/`` in the repository, ``ddrl.recipes`` when installed)."""
+    resource = importlib.resources.files("ddrl.recipes").joinpath(name)
+    if not resource.is_file():
+        raise ConfigError(f"built-in recipe {name!r} not found")
+    return yaml.safe_load(resource.read_text()) or {}
+
+
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=f"A YAML recipe (default: {DEFAULT_RECIPE})."),
+    objective: Optional[str] = typer.Option(None, "--objective", "-o", help="Objective name, e.g. dmpo."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, e.g. tiny, llada."),
+    model_path: Optional[str] = typer.Option(None, "--model-path", help="Start from this model directory."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task name, e.g. countdown."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", "-s", help="Rollout sampler name."),
+    estimator: Optional[str] = typer.Option(None, "--estimator", "-e", help="Likelihood estimator name."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="section.field=value (repeatable)."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Run directory (train.output_dir)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+) -> None:
+    """Train a policy; with no options, DMPO on the built-in tiny Countdown model."""
+    console = Console()
+    registry = Registry()
+    try:
+        if resume is not None:
+            base: Path | dict = load_recipe(resume / CONFIG_FILE)
+            extra = {"train.output_dir": str(resume)}
+        else:
+            base = config if config is not None else builtin_recipe(DEFAULT_RECIPE)
+            extra = {"train.output_dir": output_dir, "model.path": model_path}
+        names = {"objective": objective, "model": model, "task": task, "sampler": sampler, "estimator": estimator}
+        cfg = assemble_config(registry, base, names, overrides or [], sections=None, extra=extra)
+        result = Trainer(cfg, registry, resume=resume is not None, console=console).train()
+    except (ConfigError, RegistryError, LaunchError, FileNotFoundError, ValueError) as err:
+        console.print(f"[red]{escape(str(err))}[/red]")
+        raise typer.Exit(2) from None
+    last = result.metrics[-1] if result.metrics else {}
+    console.print(
+        f"done: {result.steps} steps | reward {last.get('reward', float('nan')):.3f} | "
+        f"accuracy {last.get('accuracy', float('nan')):.3f} | outputs in {result.run_dir} "
+        f"(final policy: {result.final_dir})"
+    )
