@@ -155,6 +155,12 @@ class DMPO(Objective):
 
     # -------------------------------------------------------------------------------------------
     def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.config.log_ratio == "estimator" or self.config.baseline == "unbiased":
+            # views shared by ref and old (and by the current policy for the unbiased baseline)
+            order = None if rollout.sample is None else rollout.sample.order
+            out["views"] = ctx.estimator.draw(rollout.batch, ctx.generator, order)
+            out["lp_old"] = ctx.estimator.score(ctx.policy, rollout.batch, out["views"]).sequence()
         if self.config.log_ratio == "path":
             s = rollout.sample
             if s is None or s.token_logprobs is None or not s.scorer_logprobs:
@@ -162,14 +168,13 @@ class DMPO(Objective):
                     "dmpo log_ratio=path needs a sampler that records the reference's log-probs along "
                     "its path (sampler: ancestral); or set objective.log_ratio=estimator"
                 )
-            return {"log_rnd": s.scorer_logprobs[0].sum(-1) - s.token_logprobs.sum(-1)}
+            out["log_rnd"] = s.scorer_logprobs[0].sum(-1) - s.token_logprobs.sum(-1)
+            return out
         if ctx.ref_policy is None:
             raise ConfigError("dmpo needs a reference policy")
-        order = None if rollout.sample is None else rollout.sample.order
-        views = ctx.estimator.draw(rollout.batch, ctx.generator, order)
-        lp_ref = ctx.estimator.score(ctx.ref_policy, rollout.batch, views).sequence()
-        lp_old = ctx.estimator.score(ctx.policy, rollout.batch, views).sequence()
-        return {"log_rnd": lp_ref - lp_old, "lp_old": lp_old, "views": views}
+        lp_ref = ctx.estimator.score(ctx.ref_policy, rollout.batch, out["views"]).sequence()
+        out["log_rnd"] = lp_ref - out["lp_old"]
+        return out
 
     def weigh(self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext) -> dict[str, Any]:
         return self._weigh(rollout, prepared, ctx, current_log_ratio=None)

@@ -24,6 +24,7 @@ from pydantic import ConfigDict, Field
 from torch import Tensor
 
 from ddrl.batch import SequenceBatch, truncate_after_eos
+from ddrl.config import ConfigError
 from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch
 from ddrl.objectives.groups import group_mean, group_std, leave_one_out_mean, per_group
 from ddrl.objectives.ppo import clipped_surrogate, k3_kl, masked_mean
@@ -86,7 +87,8 @@ class _GRPOFamily(Objective):
             views.append(v)
             old.append(ctx.estimator.score(ctx.policy, batch, v).per_token())
             if self.needs_reference:
-                assert ctx.ref_policy is not None, "beta > 0 needs a reference policy"
+                if ctx.ref_policy is None:
+                    raise ConfigError(f"{self.config.name} with beta > 0 needs a reference policy (or set objective.beta=0)")
                 ref.append(ctx.estimator.score(ctx.ref_policy, batch, v).per_token())
         out: dict[str, Any] = {"views": views, "old_logp": torch.stack(old, 1)}  # (B, mu, L)
         if ref:
