@@ -183,6 +183,9 @@ def plot(results: list[dict[str, Any]], methods: list[str], path: Path) -> None:
             ys = [statistics.mean(r["curve"][i][key] for r in rs) for i in range(len(xs))]
             ax.plot(xs, ys, label=m, marker="." if len(xs) < 30 else None)
     axes[0].set_yscale("log")
+    axes[1].axhline(results[0]["entropy_target"], color="black", linestyle="--", linewidth=1, label="H(p*)")
+    axes[2].axhline(results[0]["reward_target"], color="black", linestyle="--", linewidth=1, label="E_p*[r]")
+    axes[1].legend(fontsize=8)
     for ax, title in zip(axes, ("KL(p* || p_theta) (exact)", "entropy H(p_theta)", "expected reward")):
         ax.set_title(title)
         ax.set_xlabel("completions generated")
@@ -200,7 +203,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("docs/figures/distribution_matching"))
+    parser.add_argument("--replot", action="store_true", help="redraw the figure from the saved JSON")
     args = parser.parse_args()
+    suffix = "_quick" if args.quick else ""
+    if args.replot:
+        saved = json.loads(args.out.with_name(args.out.name + suffix + ".json").read_text())
+        plot(saved["runs"], [r["method"] for r in saved["rows"]], args.out.with_name(args.out.name + suffix + ".png"))
+        return
     methods = args.methods or (QUICK if args.quick else list(METHODS))
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     registry = Registry()
@@ -211,7 +220,6 @@ def main() -> None:
             print(f"{m} seed {s}: KL ratio {results[-1]['kl_ratio']:.3f} ({results[-1]['seconds']:.0f} s)", flush=True)
     rows = summarise(results, methods)
     print_table(rows, results)
-    suffix = "_quick" if args.quick else ""
     plot(results, methods, args.out.with_name(args.out.name + suffix + ".png"))
     args.out.with_name(args.out.name + suffix + ".json").write_text(json.dumps({"rows": rows, "runs": results}, indent=1))
     print("result: " + " ".join(f"{r['method']}_kl_ratio={r['kl_ratio']:.3f}" for r in rows))

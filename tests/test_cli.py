@@ -176,3 +176,11 @@ def test_sample_from_a_saved_model_matches_generate(runner, tmp_path):
     expected = generate(policy, sampler, ["ab"], generator=torch.Generator().manual_seed(3))
     assert result.output.startswith(f"ab\n{expected.completions[0]}\n\n")
     assert SUMMARY.search(result.output).group(3) == str(expected.nfe)
+
+
+def test_sample_takes_prompts_from_a_task(runner):
+    result = invoke(runner, "sample", "--task", "countdown", "--set", "task.variant=toy", "-n", "3", *SMALL)
+    assert result.exit_code == 0, result.output
+    summary = SUMMARY.search(result.output)
+    assert summary and summary.group(1) == "3", result.output
+    assert len(re.findall(r"^\d,\d,\d:\d+=$", result.output, re.M)) == 3  # toy prompts: "3,5,7:15="
