@@ -79,6 +79,12 @@ class TrainConfig(StrictConfig):
     save_steps: int = Field(50, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
     max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive NaN/inf steps")
+    completions: Literal["sampled", "reference"] = Field(
+        "sampled", description="sampled: rollouts from the sampler (RL); reference: the task's solutions (SFT)"
+    )
+    reference_noise: float = Field(
+        0.0, ge=0, le=1, description="reference: share of solutions replaced by wrong well-formed ones"
+    )
     num_processes: int | None = Field(None, ge=1, description="fail unless exactly this many processes run")
 
     @model_validator(mode="after")
@@ -105,6 +111,10 @@ class EvalConfig(StrictConfig):
     batch_size: int = Field(16, ge=1)
     temperature: float = Field(0.0, ge=0)
     results_file: str = "results/results.jsonl"
+    during_training: bool = Field(
+        False, description="`ddrl train` evaluates the held-out split before and after training"
+    )
+    eval_steps: int | None = Field(None, ge=1, description="with during_training: also every this many steps")
 
 
 class LoggingConfig(StrictConfig):

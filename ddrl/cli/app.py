@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import typer
 
-from ddrl.cli import plugins, sample, train
+from ddrl.cli import eval as eval_cli
+from ddrl.cli import leaderboard, plugins, pretrain, sample, train
 
 app = typer.Typer(
     name="ddrl",
@@ -17,6 +18,9 @@ app = typer.Typer(
 app.command("plugins")(plugins.plugins)
 app.command("sample")(sample.sample)
 app.command("train")(train.train)
+app.command("eval")(eval_cli.eval_command)
+app.command("leaderboard")(leaderboard.leaderboard)
+app.command("pretrain")(pretrain.pretrain)
 
 
 def _print_version(value: bool) -> None:

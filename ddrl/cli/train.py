@@ -56,9 +56,19 @@ def train(
     except (ConfigError, RegistryError, LaunchError, FileNotFoundError, ValueError) as err:
         console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(2) from None
-    last = result.metrics[-1] if result.metrics else {}
+    steps = [m for m in result.metrics if "reward" in m]
+    last = steps[-1] if steps else {}
     console.print(
-        f"done: {result.steps} steps | reward {last.get('reward', float('nan')):.3f} | "
-        f"accuracy {last.get('accuracy', float('nan')):.3f} | outputs in {result.run_dir} "
-        f"(final policy: {result.final_dir})"
+        f"done: {result.steps} steps in {result.seconds / 60:.1f} min | training reward "
+        f"{last.get('reward', float('nan')):.3f} | outputs in {result.run_dir} "
+        f"(final policy {result.final_dir}, metrics.jsonl, curves.png)"
     )
+    if result.accuracy_before is not None and result.accuracy_after is not None:
+        console.print(
+            f"held-out accuracy: before {result.accuracy_before:.3f} -> after {result.accuracy_after:.3f} "
+            f"({100 * (result.accuracy_after - result.accuracy_before):+.1f} points)"
+        )
+        typer.echo(
+            f"result: accuracy_before={result.accuracy_before:.3f} accuracy_after={result.accuracy_after:.3f} "
+            f"minutes={result.seconds / 60:.1f}"
+        )

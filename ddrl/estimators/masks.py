@@ -129,3 +129,16 @@ def order_masks(valid: Tensor, order: Tensor) -> MaskedViews:
 def random_order(valid: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """``[B, L]`` a uniformly random permutation of the positions of each row."""
     return _rand(tuple(valid.shape), valid, generator).argsort(-1)
+
+
+def sft_masks(valid: Tensor, generator: torch.Generator | None = None, eps: float = 1e-3) -> MaskedViews:
+    """LLaDA's supervised masking: per sequence t ~ U(0, 1), p = (1 - eps) t + eps, each valid
+    completion token masked with probability p and weighted 1 / (p * n_valid), so that
+    -sum(weights * logprobs) is sum_masked CE / p / answer_length (design §2.3)."""
+    b, n = valid.shape
+    t = _rand((b, 1), valid, generator)
+    p = (1 - eps) * t + eps  # (B, 1)
+    masked = (_rand((b, n), valid, generator) < p) & valid
+    n_valid = valid.sum(-1, keepdim=True).clamp(min=1).float()
+    weights = masked.float() / (p * n_valid)
+    return MaskedViews(masked[:, None], masked[:, None], weights[:, None])

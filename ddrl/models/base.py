@@ -105,6 +105,15 @@ class MaskedDiffusionPolicy(nn.Module, ABC):
         """Token ids of a prompt, with whatever template the model expects around it."""
         return self._require_tokenizer().encode(prompt, add_special_tokens=True)
 
+    def encode_completion(self, text: str, length: int) -> list[int]:
+        """``length`` token ids of a completion: the text's tokens, cut to ``length`` or padded
+        with EOS (the model learns to stop by predicting the padding)."""
+        eos = self.eos_token_id
+        if eos is None:
+            raise ValueError(f"{type(self).__name__} has no EOS token to pad completions with")
+        ids = self._require_tokenizer().encode(text, add_special_tokens=False)[:length]
+        return ids + [eos] * (length - len(ids))
+
     def decode_completion(self, ids: Sequence[int] | Tensor) -> str:
         """Text of a completion, cut at the first EOS, special tokens dropped."""
         ids = [int(i) for i in ids]

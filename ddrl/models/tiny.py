@@ -56,7 +56,9 @@ class TinyConfig(ComponentConfig):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "tiny"
-    path: str | None = Field(None, description="a saved tiny-model directory; null = fresh weights")
+    path: str | None = Field(
+        None, description="a saved tiny-model directory, or builtin:NAME for a shipped one; null = fresh weights"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     seed: int = Field(0, description="initialisation seed for fresh weights")
     charset: str | None = Field(DEFAULT_CHARSET, description="null = token ids only, mask = vocab_size-1")
@@ -227,7 +229,7 @@ class TinyPolicy(MaskedDiffusionPolicy):
     @classmethod
     def from_config(cls, config: TinyConfig) -> TinyPolicy:  # type: ignore[override]
         if config.path is not None:
-            policy = cls.from_pretrained(config.path)
+            policy = cls.from_pretrained(resolve_builtin(config.path))
         else:
             tokenizer = None if config.charset is None else CharTokenizer(config.charset)
             policy = cls.fresh(config.architecture, tokenizer, seed=config.seed)
@@ -277,6 +279,32 @@ class TinyPolicy(MaskedDiffusionPolicy):
                 f"unexpected {unexpected}"
             )
         return policy
+
+
+BUILTIN_PREFIX = "builtin:"
+
+
+def builtin_checkpoints() -> dict[str, Path]:
+    """The pretrained tiny checkpoints shipped inside the package (``ddrl/assets/tiny/NAME``)."""
+    root = Path(__file__).resolve().parent.parent / "assets" / "tiny"
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / CONFIG_FILE).is_file()}
+
+
+def resolve_builtin(path: str | Path) -> Path:
+    """``builtin:countdown`` -> the shipped directory; any other path is returned unchanged."""
+    text = str(path)
+    if not text.startswith(BUILTIN_PREFIX):
+        return Path(path)
+    name = text[len(BUILTIN_PREFIX) :]
+    found = builtin_checkpoints()
+    if name not in found:
+        raise FileNotFoundError(
+            f"no built-in tiny checkpoint {name!r}; available: {', '.join(found) or 'none'} "
+            "(recreate them with `ddrl pretrain --task NAME`)"
+        )
+    return found[name]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -170,6 +170,7 @@ class Objective(ABC):
     Config: ClassVar[type[ObjectiveConfig]]
     needs_estimator: ClassVar[frozenset[str]] = frozenset()
     preferred_estimator: ClassVar[str | None] = None  # used when a run names no estimator
+    supervised: ClassVar[bool] = False  # trains on the task's reference completions, not samples
 
     def __init__(self, config: ObjectiveConfig) -> None:
         self.config = config

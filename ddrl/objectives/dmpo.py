@@ -28,9 +28,10 @@ from torch import Tensor
 
 from ddrl.batch import truncate_after_eos
 from ddrl.config import ConfigError
-from ddrl.estimators.base import MaskedViews, score_views
+from ddrl.estimators.base import MaskedViews
 from ddrl.estimators.masks import antithetic_masks
 from ddrl.models.base import MaskedDiffusionPolicy
+from ddrl.objectives.denoising import weighted_denoising_ce
 from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch
 from ddrl.objectives.groups import group_index, group_size, group_softmax, group_std, normalized_ess, per_group
 
@@ -128,9 +129,7 @@ def adaptive_proximal(
 
 def wdce_loss(policy: MaskedDiffusionPolicy, rollout: RolloutBatch, advantage: Tensor, views: MaskedViews) -> Tensor:
     """sum_i a_i * (1/R) sum_r (1/m_r) sum_{d in M_r} CE: the weights of ``views`` carry 1/(R m_r)."""
-    logprobs = score_views(policy, rollout.batch, views)  # (B, R, L)
-    denoising_ce = -(views.weights * logprobs).sum((1, 2))  # (B,)
-    return (advantage * denoising_ce).sum()
+    return weighted_denoising_ce(policy, rollout.batch, advantage, views)
 
 
 class DMPO(Objective):

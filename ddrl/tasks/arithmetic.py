@@ -174,21 +174,24 @@ def _reduced(num: int, den: int) -> Rational:
     return num // g, den // g
 
 
-def _combine(a: Rational, b: Rational) -> Iterator[tuple[str, bool, Rational]]:
-    """``(op, swapped, value)`` for every way one operator joins ``a`` and ``b``."""
+def _combine(a: Rational, b: Rational, operators: str = "+-*/") -> Iterator[tuple[str, bool, Rational]]:
+    """``(op, swapped, value)`` for every way one of ``operators`` joins ``a`` and ``b``."""
     (p, q), (r, s) = a, b
-    yield "+", False, _reduced(p * s + r * q, q * s)
-    yield "*", False, _reduced(p * r, q * s)
-    yield "-", False, _reduced(p * s - r * q, q * s)
-    yield "-", True, _reduced(r * q - p * s, q * s)
-    if r != 0:
+    if "+" in operators:
+        yield "+", False, _reduced(p * s + r * q, q * s)
+    if "*" in operators:
+        yield "*", False, _reduced(p * r, q * s)
+    if "-" in operators:
+        yield "-", False, _reduced(p * s - r * q, q * s)
+        yield "-", True, _reduced(r * q - p * s, q * s)
+    if "/" in operators and r != 0:
         yield "/", False, _reduced(p * s, q * r)
-    if p != 0:
+    if "/" in operators and p != 0:
         yield "/", True, _reduced(r * q, s * p)
 
 
 @lru_cache(maxsize=4096)
-def _subset_values(numbers: tuple[int, ...]) -> dict[int, dict[Rational, Origin]]:
+def _subset_values(numbers: tuple[int, ...], operators: str = "+-*/") -> dict[int, dict[Rational, Origin]]:
     """For every subset (a bit mask) of ``numbers``, each value an expression using exactly that
     subset can take, with how it was first made.
 
@@ -208,7 +211,7 @@ def _subset_values(numbers: tuple[int, ...]) -> dict[int, dict[Rational, Origin]
             if part < other:  # each unordered split once
                 for va in table[part]:
                     for vb in table[other]:
-                        for op, swapped, v in _combine(va, vb):
+                        for op, swapped, v in _combine(va, vb, operators):
                             if v not in values:
                                 if swapped:
                                     values[v] = (op, other, vb, part, va)
@@ -219,19 +222,20 @@ def _subset_values(numbers: tuple[int, ...]) -> dict[int, dict[Rational, Origin]
     return table
 
 
-def reachable_integers(numbers: Sequence[int], low: int, high: int) -> list[int]:
+def reachable_integers(numbers: Sequence[int], low: int, high: int, operators: str = "+-*/") -> list[int]:
     """The integers in ``[low, high]`` that some expression using each number once equals."""
-    full = _subset_values(tuple(sorted(numbers)))[(1 << len(numbers)) - 1]
+    full = _subset_values(tuple(sorted(numbers)), operators)[(1 << len(numbers)) - 1]
     return sorted(n for n, d in full if d == 1 and low <= n <= high)
 
 
-def solve(numbers: Sequence[int], target: int | Fraction) -> str | None:
-    """One expression using each of ``numbers`` once that equals ``target``, or None.
+def solve(numbers: Sequence[int], target: int | Fraction, operators: str = "+-*/") -> str | None:
+    """One expression using each of ``numbers`` once (and only ``operators``) that equals
+    ``target``, or None.
 
     Exhaustive, so meant for 3–4 numbers; the expression has only the parentheses it needs.
     """
     key = tuple(sorted(int(x) for x in numbers))
-    table = _subset_values(key)
+    table = _subset_values(key, operators)
     value = Fraction(target)
     full = (1 << len(key)) - 1
     goal = (value.numerator, value.denominator)

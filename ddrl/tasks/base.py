@@ -7,6 +7,7 @@ training combines, TRL-style, with ``reward_weights``.
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -87,6 +88,19 @@ class Task(ABC):
     def encode(self, example: Example, policy: MaskedDiffusionPolicy) -> list[int]:
         """Prompt token ids for ``policy`` (override for tasks without text prompts)."""
         return policy.encode_prompt(self.format_prompt(example))
+
+    @classmethod
+    def eval_lengths(cls, config: TaskConfig) -> list[int] | None:
+        """Task-appropriate generation lengths for evaluation (None: eval.lengths, 128/256/512)."""
+        return None
+
+    def reference_completion(self, example: Example) -> str | None:
+        """A correct completion for supervised training, when the task knows one (else None)."""
+        return None
+
+    def corrupt_completion(self, example: Example, rng: random.Random) -> str | None:
+        """A well-formed but wrong completion (pretraining noise), when the task can make one."""
+        return None
 
     def decode(self, completion_ids: list[int], policy: MaskedDiffusionPolicy) -> str:
         """Completion text for rewards and scoring (override for tasks without text)."""

@@ -46,6 +46,7 @@ class CountdownConfig(TaskConfig):
     name: str = "countdown"
     variant: Literal["d1", "toy"] = Field("d1", description="d1 protocol, or bare prompts for tiny")
     num_numbers: Literal[3, 4] = Field(3, description="numbers per generated puzzle")
+    operators: str = Field("+-*/", pattern=r"^[+\-*/]+$", description="operators generated solutions use")
     num_generated_train: int = Field(2000, ge=1, description="generated train puzzles")
     num_generated_test: int = Field(256, ge=1, description="generated test puzzles")
     data_path: str | None = Field(None, description="JSONL/parquet file or directory; null = generate")
@@ -72,8 +73,9 @@ class CountdownTask(Task):
         else:
             count = cfg.num_generated_train if split == "train" else cfg.num_generated_test
             puzzles = generate_split(
-                lambda rng: draw_puzzle(rng, cfg.variant, cfg.num_numbers),
-                namespace=f"countdown-{cfg.variant}-{cfg.num_numbers}",
+                lambda rng: draw_puzzle(rng, cfg.variant, cfg.num_numbers, cfg.operators),
+                namespace=f"countdown-{cfg.variant}-{cfg.num_numbers}"
+                + ("" if cfg.operators == "+-*/" else f"-{cfg.operators}"),
                 split=split,
                 seed=cfg.seed,
                 count=count,
@@ -92,6 +94,40 @@ class CountdownTask(Task):
         if self.config.variant == "toy":
             return example.question
         return d1_prompt(f"{D1_INSTRUCTIONS}\n{example.question}")
+
+    @classmethod
+    def eval_lengths(cls, config: CountdownConfig) -> list[int] | None:  # type: ignore[override]
+        return [8, 16] if config.variant == "toy" else None
+
+    def reference_completion(self, example: Example) -> str | None:
+        """The stored solution: bare for `toy`, in the d1 tag format otherwise."""
+        solution = example.answer
+        if solution is None:
+            return None
+        if self.config.variant == "toy":
+            return solution
+        return self._tagged(example.columns["numbers"], example.columns["target"], solution)
+
+    def corrupt_completion(self, example: Example, rng: random.Random) -> str | None:
+        """The solution with its first operator swapped (+ <-> -, * <-> /): a systematic, plausible
+        slip that keeps the form and the numbers but misses the target; else another operator,
+        else a random expression over the numbers. None if nothing wrong is found."""
+        numbers, target = list(example.columns["numbers"]), example.columns["target"]
+        solution = example.answer or ""
+        swap = {"+": "-", "-": "+", "*": "/", "/": "*"}
+        candidates = [
+            solution[:i] + swap[c] + solution[i + 1 :] for i, c in enumerate(solution) if c in swap
+        ]
+        for _ in range(50):
+            candidates.append(_random_expression(numbers, rng))
+        for text in candidates:
+            if not solves(text, numbers, target):
+                return text if self.config.variant == "toy" else self._tagged(numbers, target, text)
+        return None
+
+    def _tagged(self, numbers: list[int], target: int, expression: str) -> str:
+        reasoning = f"Using {', '.join(map(str, numbers))}: {expression} = {target}."
+        return f"<reasoning>\n{reasoning}\n</reasoning>\n<answer>\n{expression}\n</answer>\n"
 
     def score(self, example: Example, completion: str) -> dict[str, float]:
         """``accuracy`` 1.0 when the answer solves the puzzle; ``answered`` when there is one
@@ -116,7 +152,7 @@ class CountdownTask(Task):
 
 
 def draw_puzzle(
-    rng: random.Random, variant: str, n: int
+    rng: random.Random, variant: str, n: int, operators: str = "+-*/"
 ) -> tuple[str, str, tuple[list[int], int, str]] | None:
     """One solvable puzzle ``(group, key, (numbers, target, solution))``, or None when the
     numbers reach no target in range.
@@ -126,14 +162,25 @@ def draw_puzzle(
     only 2,144 order-free puzzles with three numbers, too few for 2,000 + 256)."""
     lo, hi, t_lo, t_hi = RANGES[variant]
     numbers = [rng.randint(lo, hi) for _ in range(n)]
-    targets = reachable_integers(numbers, t_lo, t_hi)
+    targets = reachable_integers(numbers, t_lo, t_hi, operators)
     if not targets:
         return None
     target = rng.choice(targets)
     group = f"{sorted(numbers)}:{target}"
-    solution = solve(numbers, target)
+    solution = solve(numbers, target, operators)
     assert solution is not None  # target was drawn among the reachable values
     return group, f"{numbers}:{target}", (numbers, target, solution)
+
+
+def _random_expression(numbers: list[int], rng: random.Random) -> str:
+    order = rng.sample(numbers, len(numbers))
+    text = str(order[0])
+    for n in order[1:]:
+        op = rng.choice("+-*/")
+        text = f"({text}{op}{n})" if rng.random() < 0.5 else f"{text}{op}{n}"
+    if text.startswith("(") and text.endswith(")") and text.count("(") == 1:
+        text = text[1:-1]
+    return text
 
 
 def _from_record(record: dict[str, Any]) -> tuple[list[int], int, str | None]:

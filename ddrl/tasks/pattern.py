@@ -48,6 +48,10 @@ class PatternTask(Task):
             out.append(Example(f"pattern-{i}", " ".join(map(str, prompt)), target, {"prompt_ids": prompt}))
         return out
 
+    @classmethod
+    def eval_lengths(cls, config: PatternConfig) -> list[int] | None:  # type: ignore[override]
+        return [config.length]
+
     def format_prompt(self, example: Example) -> str:
         return example.question
 

@@ -106,6 +106,30 @@ class SudokuTask(Task):
             return f"{example.question}="
         return d1_prompt(f"{D1_INSTRUCTIONS}\n{example.question}")
 
+    @classmethod
+    def eval_lengths(cls, config: SudokuConfig) -> list[int] | None:  # type: ignore[override]
+        return [16, 24] if config.variant == "toy" else None
+
+    def reference_completion(self, example: Example) -> str | None:
+        """The solution grid: bare for `toy`, in the d1 tag format otherwise."""
+        solution = example.columns["solution"]
+        if self.config.variant == "toy":
+            return solution
+        return f"<reasoning>\nFill every row, column and box with 1-4.\n</reasoning>\n<answer>\n{solution}\n</answer>\n"
+
+    def corrupt_completion(self, example: Example, rng: random.Random) -> str | None:
+        """The solution with one to three empty cells set to another digit."""
+        puzzle, grid = example.columns["puzzle"], list(example.columns["solution"])
+        empty = [i for i, c in enumerate(puzzle) if c == "0"]
+        if not empty:
+            return None
+        for i in rng.sample(empty, min(len(empty), rng.randint(1, 3))):
+            grid[i] = rng.choice([d for d in "1234" if d != grid[i]])
+        wrong = "".join(grid)
+        if self.config.variant == "toy":
+            return wrong
+        return f"<reasoning>\nFill every row, column and box with 1-4.\n</reasoning>\n<answer>\n{wrong}\n</answer>\n"
+
     def score(self, example: Example, completion: str) -> dict[str, float]:
         """``accuracy`` (d1's cell fraction), ``valid_accuracy`` and ``solved`` (all cells right)."""
         if self.config.variant == "toy":

@@ -8,16 +8,18 @@ processes — the property that lets a 2-process run reproduce a 1-process one.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from ddrl.batch import left_pad
+from ddrl.batch import SequenceBatch, left_pad
+from ddrl.config import ConfigError
 from ddrl.models.base import MaskedDiffusionPolicy
 from ddrl.objectives.base import RolloutBatch
 from ddrl.rewards.base import RewardFn, combine_rewards
-from ddrl.samplers.base import Sampler
+from ddrl.samplers.base import Sampler, SampleOutput
 from ddrl.tasks.base import Example, Task
 from ddrl.training.seeding import keyed_generator
 
@@ -111,7 +113,21 @@ def generate_chunk(
         )
     finally:
         policy.train(was_training)
-    ids = out.completion_ids.tolist()
+    return _score_chunk(policy, task, examples, group_ids, reward_fns, out.batch, out)
+
+
+def _score_chunk(
+    policy: MaskedDiffusionPolicy,
+    task: Task,
+    examples: Sequence[Example],
+    group_ids: Sequence[int],
+    reward_fns: Sequence[tuple[str, RewardFn, float]],
+    batch: SequenceBatch,
+    sample: SampleOutput | None,
+) -> tuple[RolloutBatch, ChunkStats]:
+    """Rewards (TRL-style functions over text and token ids) and accuracy of a chunk."""
+    device = batch.device
+    ids = batch.completion_ids.tolist()
     completions = [task.decode(row, policy) for row in ids]
     prompts = [task.format_prompt(ex) for ex in examples]
     columns: dict[str, list] = {}
@@ -121,10 +137,10 @@ def generate_chunk(
     columns["completion_ids"] = ids
     rewards, parts = combine_rewards(reward_fns, prompts, completions, columns)
     rollout = RolloutBatch(
-        out.batch,
+        batch,
         rewards.to(device),
         torch.tensor(list(group_ids), dtype=torch.long, device=device),
-        out,
+        sample,
         {k: v.to(device) for k, v in parts.items()},
     )
     eos = policy.eos_token_id
@@ -133,15 +149,46 @@ def generate_chunk(
     return rollout, ChunkStats(accuracy, lengths, completions, prompts)
 
 
+def reference_chunk(
+    policy: MaskedDiffusionPolicy,
+    task: Task,
+    examples: Sequence[Example],
+    group_ids: Sequence[int],
+    reward_fns: Sequence[tuple[str, RewardFn, float]],
+    rng: random.Random,
+    length: int,
+    noise: float = 0.0,
+    max_prompt_length: int | None = None,
+) -> tuple[RolloutBatch, ChunkStats]:
+    """The task's reference completions (a share ``noise`` replaced by wrong well-formed ones),
+    tokenised to ``length`` tokens with EOS padding: the data of supervised training."""
+    texts = []
+    for ex in examples:
+        text = task.reference_completion(ex)
+        if text is None:
+            raise ConfigError(
+                f"task {task.config.name!r} has no reference completion for example {ex.id!r}; "
+                "supervised training needs a task whose examples carry solutions"
+            )
+        if noise > 0 and rng.random() < noise:
+            text = task.corrupt_completion(ex, rng) or text
+        texts.append(text)
+    device = policy.device
+    encoded = [task.encode(ex, policy) for ex in examples]
+    if max_prompt_length is not None:
+        encoded = [ids[-max_prompt_length:] for ids in encoded]
+    prompt_ids, prompt_mask = left_pad(encoded, policy.pad_token_id)
+    completion = torch.tensor([policy.encode_completion(t, length) for t in texts], dtype=torch.long)
+    batch = SequenceBatch.from_parts(prompt_ids.to(device), completion.to(device), prompt_mask.to(device))
+    return _score_chunk(policy, task, examples, group_ids, reward_fns, batch, None)
+
+
 def cat_rollouts(parts: Sequence[RolloutBatch]) -> RolloutBatch:
     """Concatenate chunk rollouts (same completion length; prompts re-padded to one width)."""
     width = max(p.batch.prompt_length for p in parts)
 
     def pad(t: torch.Tensor, value: int | bool) -> torch.Tensor:
         return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
-
-    from ddrl.batch import SequenceBatch
-    from ddrl.samplers.base import SampleOutput
 
     batch = SequenceBatch(
         torch.cat([pad(p.batch.prompt_ids, 0) for p in parts]),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import random
 from contextlib import nullcontext
 import subprocess
 import time
@@ -25,12 +26,20 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ddrl.config import ConfigError, RunConfig, dump_yaml, resolve_config
 from ddrl.objectives.base import Objective, ObjectiveContext, RolloutBatch, cat_prepared, index_prepared
 from ddrl.registry import Registry
+from ddrl.training.curves import plot_curves
 from ddrl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ddrl.training.distributed import TrainedPolicy, make_accelerator
 from ddrl.training.logger import MetricsLogger, read_metrics
 from ddrl.training.optim import build_optimizer, set_learning_rate
-from ddrl.training.rollout import ChunkStats, PromptSchedule, RolloutPlan, cat_rollouts, generate_chunk
-from ddrl.training.seeding import keyed_generator
+from ddrl.training.rollout import (
+    ChunkStats,
+    PromptSchedule,
+    RolloutPlan,
+    cat_rollouts,
+    generate_chunk,
+    reference_chunk,
+)
+from ddrl.training.seeding import derive_seed, keyed_generator
 
 CONFIG_FILE = "config.yaml"
 FINAL_DIR = "final"
@@ -46,6 +55,9 @@ class TrainResult:
     final_dir: Path
     steps: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    accuracy_before: float | None = None  # held-out accuracy (eval.during_training)
+    accuracy_after: float | None = None
+    seconds: float = 0.0
 
 
 @dataclass
@@ -141,8 +153,10 @@ class Trainer:
 
     def train(self) -> TrainResult:
         tc = self.cfg.train
+        start = time.perf_counter()
         step = self._restore()
-        bad_steps, start = 0, time.perf_counter()
+        before = self._heldout(step) if step == 0 else None
+        bad_steps = 0
         rollout: _Rollout | None = None
         with self._progress() as progress:
             task_id = progress.add_task("train", total=tc.max_steps, completed=step, reward=math.nan, acc=math.nan, loss=math.nan)
@@ -162,7 +176,32 @@ class Trainer:
                 progress.update(task_id, completed=step, reward=metrics["reward"], acc=metrics["accuracy"], loss=metrics["loss"])
                 if step % tc.save_steps == 0 and step % tc.num_iterations == 0 and step < tc.max_steps:
                     self._save(step)
-        return self._finish(step)
+                every = self.cfg.eval.eval_steps
+                if every and step % every == 0 and step < tc.max_steps:
+                    self._heldout(step)
+        after = self._heldout(step)
+        result = self._finish(step)
+        result.accuracy_before, result.accuracy_after = before, after
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _heldout(self, step: int) -> float | None:
+        """Greedy held-out accuracy at ``eval.lengths[0]`` (main process), logged at ``step``."""
+        ec = self.cfg.eval
+        if not ec.during_training:
+            return None
+        accuracy = None
+        if self.accelerator.is_main_process:
+            from ddrl.evaluation.evaluate import evaluate
+
+            length = self.sampler.completion_length if not ec.lengths else ec.lengths[0]
+            result = evaluate(self.policy, self.task, length, ec, seed=ec.seeds[0] if ec.seeds else 0)
+            accuracy = result.accuracy
+            self.logger.log(step, {"eval_accuracy": accuracy, "eval_length": length, "eval_examples": result.num_examples})
+            if self.cfg.logging.progress:
+                self.console.print(f"held-out accuracy at step {step}: {accuracy:.3f} ({result.num_examples} examples, L={length})")
+        self.accelerator.wait_for_everyone()
+        return accuracy
 
     def _restore(self) -> int:
         if not self.resume:
@@ -188,6 +227,7 @@ class Trainer:
             self._save(step)
         if self.accelerator.is_main_process:
             self.policy.save_pretrained(final)
+            plot_curves(self.run_dir)
         self.accelerator.wait_for_everyone()
         self.logger.close()
         return TrainResult(self.run_dir, final, step, read_metrics(self.run_dir))
@@ -218,10 +258,7 @@ class Trainer:
             rows = plan.chunk_rows(c)
             examples = [self.examples[prompt_idx[r // plan.num_generations]] for r in rows]
             groups = [index * plan.num_prompts + r // plan.num_generations for r in rows]
-            chunk, st = generate_chunk(
-                self.policy, self.sampler, self.task, examples, groups, self.reward_fns,
-                self._key("rollout", index, c), scorers, self.cfg.train.max_prompt_length,
-            )
+            chunk, st = self._chunk(index, c, examples, groups, scorers)
             chunks.append(chunk)
             stats.append(st)
             prepared.append(self.objective.prepare(chunk, self._context(self._key("prepare", index, c))))
@@ -230,6 +267,21 @@ class Trainer:
         metrics = weighed.pop("metrics", {})
         metrics.update(self._rollout_metrics(local, stats))
         return _Rollout(index, chunks, stats, weighed, metrics)
+
+    def _chunk(
+        self, index: int, chunk: int, examples: list, groups: list[int], scorers: list
+    ) -> tuple[RolloutBatch, ChunkStats]:
+        tc = self.cfg.train
+        if tc.completions == "reference":
+            rng = random.Random(derive_seed(tc.seed, "reference", index, chunk))
+            return reference_chunk(
+                self.policy, self.task, examples, groups, self.reward_fns, rng,
+                self.sampler.completion_length, tc.reference_noise, tc.max_prompt_length,
+            )
+        return generate_chunk(
+            self.policy, self.sampler, self.task, examples, groups, self.reward_fns,
+            self._key("rollout", index, chunk), scorers, tc.max_prompt_length,
+        )
 
     def _rollout_metrics(self, local: RolloutBatch, stats: list[ChunkStats]) -> dict[str, float]:
         gather = self.accelerator.gather
@@ -308,6 +360,14 @@ class Trainer:
 
 
 def _check_compatible(objective: Objective, estimator: Any, sampler: Any, cfg: RunConfig) -> None:
+    if objective.supervised and cfg.train.completions != "reference":
+        raise ConfigError(
+            f"objective {cfg.objective.name!r} trains on reference completions: set train.completions=reference"
+        )
+    if not objective.supervised and cfg.train.completions == "reference":
+        raise ConfigError(
+            f"objective {cfg.objective.name!r} learns from its own samples: train.completions must be 'sampled'"
+        )
     missing = set(objective.needs_estimator) - set(estimator.provides)
     if missing:
         raise ConfigError(

@@ -1,0 +1,91 @@
+"""The paper-style table from evaluation records (design §7, §10).
+
+Rows are model x objective, columns are task x generation length, cells are mean ± std of the
+accuracy over seeds (in %), the best cell of each column is marked. The step convention is part of
+the column: d1's steps = length/2 and DMPO's steps = length never share a column unmarked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+
+@dataclass
+class Cell:
+    mean: float
+    std: float
+    n: int
+
+    def text(self) -> str:
+        return f"{100 * self.mean:.1f}" + (f" ± {100 * self.std:.1f}" if self.n > 1 else "")
+
+
+@dataclass
+class Leaderboard:
+    rows: list[str]
+    columns: list[str]
+    cells: dict[tuple[str, str], Cell]
+    best: dict[str, str]  # column -> best row
+
+    def markdown(self) -> str:
+        head = "| model | " + " | ".join(self.columns) + " |"
+        rule = "|---|" + "---|" * len(self.columns)
+        lines = [head, rule]
+        for row in self.rows:
+            cells = []
+            for col in self.columns:
+                cell = self.cells.get((row, col))
+                text = cell.text() if cell else "–"
+                cells.append(f"**{text}**" if cell and self.best.get(col) == row and len(self.rows) > 1 else text)
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["model", "column", "accuracy_mean", "accuracy_std", "seeds", "best"])
+        for row in self.rows:
+            for col in self.columns:
+                cell = self.cells.get((row, col))
+                if cell:
+                    writer.writerow([row, col, f"{cell.mean:.6f}", f"{cell.std:.6f}", cell.n, int(self.best.get(col) == row)])
+        return buf.getvalue()
+
+
+def row_label(record: dict[str, Any]) -> str:
+    return f"{record.get('label') or record['model']} / {record.get('objective') or 'base'}"
+
+
+def column_label(record: dict[str, Any]) -> str:
+    steps = record["steps"]
+    convention = "s=L" if steps == record["length"] else ("s=L/2" if 2 * steps == record["length"] else f"s={steps}")
+    variant = record.get("task_variant")
+    task = record["task"] + (f"[{variant}]" if variant else "")
+    return f"{task} L={record['length']} {convention}"
+
+
+def build_leaderboard(records: Iterable[dict[str, Any]]) -> Leaderboard:
+    """Aggregate records (one per seed) into the table."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        groups.setdefault((row_label(r), column_label(r)), []).append(float(r["accuracy"]))
+    rows = sorted({k[0] for k in groups})
+    columns = sorted({k[1] for k in groups}, key=_column_order)
+    cells = {
+        k: Cell(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()
+    }
+    best = {}
+    for col in columns:
+        present = [(cells[(r, col)].mean, r) for r in rows if (r, col) in cells]
+        if present:
+            best[col] = max(present)[1]
+    return Leaderboard(rows, columns, cells, best)
+
+
+def _column_order(label: str) -> tuple:
+    task, length, convention = label.rsplit(" ", 2)
+    return (task, int(length.split("=")[1]), convention)
