@@ -36,7 +36,7 @@ TASKS: dict[str, dict[str, Any]] = {
     },
     "sudoku": {
         "model": {"name": "tiny", "path": "builtin:sudoku"},
-        "task": {"name": "sudoku", "variant": "toy"},
+        "task": {"name": "sudoku", "variant": "toy", "min_empty": 10, "max_empty": 12},
         "length": 16,
     },
 }
