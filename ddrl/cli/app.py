@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from ddrl.cli import eval as eval_cli
-from ddrl.cli import leaderboard, plugins, pretrain, sample, train
+from ddrl.cli import leaderboard, plugins, pretrain, sample, sft, train
 
 app = typer.Typer(
     name="ddrl",
@@ -21,6 +21,7 @@ app.command("train")(train.train)
 app.command("eval")(eval_cli.eval_command)
 app.command("leaderboard")(leaderboard.leaderboard)
 app.command("pretrain")(pretrain.pretrain)
+app.command("sft")(sft.sft)
 
 
 def _print_version(value: bool) -> None:

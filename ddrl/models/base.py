@@ -22,6 +22,8 @@ import torch
 from pydantic import BaseModel
 from torch import Tensor, nn
 
+from ddrl.models.cache import KVCache
+
 
 @runtime_checkable
 class Tokenizer(Protocol):
@@ -77,6 +79,22 @@ class MaskedDiffusionPolicy(nn.Module, ABC):
         """Build the policy from its validated ``Config``."""
 
     # ----------------------------------------------------------------------------------------
+    # optional: key/value caching for the `fast` sampler (ddrl.models.cache explains the layouts)
+    supports_kv_cache: ClassVar[bool] = False
+
+    def forward_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
+        """Raw logits ``[B, T, V]`` of the whole canvas and every layer's keys/values."""
+        raise NotImplementedError(f"{type(self).__name__} does not support a key/value cache")
+
+    def forward_window(
+        self, window_ids: Tensor, start: int, cache: KVCache, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Raw logits ``[B, S, V]`` of positions ``[start, start+S)`` of a ``[B, T]`` canvas whose
+        other positions' keys/values come from ``cache`` (prefix: ``cache.length == start``;
+        dual: ``cache.length == T``). ``attention_mask`` describes the whole canvas."""
+        raise NotImplementedError(f"{type(self).__name__} does not support a key/value cache")
+
+    # ----------------------------------------------------------------------------------------
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         """``[B, T, V]`` logits with the mask token excluded from every distribution."""
         return suppress_token(self(input_ids, attention_mask), self.mask_token_id)
@@ -104,6 +122,19 @@ class MaskedDiffusionPolicy(nn.Module, ABC):
     def encode_prompt(self, prompt: str) -> list[int]:
         """Token ids of a prompt, with whatever template the model expects around it."""
         return self._require_tokenizer().encode(prompt, add_special_tokens=True)
+
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation ``[{"role", "content"}, ..]`` ending before the reply.
+
+        With a tokenizer that carries a chat template (Hugging Face), the template renders it
+        with the generation prompt; otherwise (``tiny``) the turns' contents are joined by
+        newlines and encoded like a prompt.
+        """
+        tok = self._require_tokenizer()
+        if getattr(tok, "chat_template", None) and hasattr(tok, "apply_chat_template"):
+            text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            return tok.encode(text, add_special_tokens=False)
+        return self.encode_prompt("\n".join(m["content"] for m in messages))
 
     def encode_completion(self, text: str, length: int) -> list[int]:
         """``length`` token ids of a completion: the text's tokens, cut to ``length`` or padded

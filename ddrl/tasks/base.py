@@ -110,9 +110,14 @@ class Task(ABC):
         """Fields passed to reward functions for this example."""
         return {"answer": example.answer, **example.columns}
 
-    def reward_functions(self, registry: Registry) -> list[tuple[str, RewardFn, float]]:
-        """``(name, fn, weight)`` for each configured reward, resolved through the registry."""
+    def reward_functions(self, registry: Registry, required: bool = True) -> list[tuple[str, RewardFn, float]]:
+        """``(name, fn, weight)`` for each configured reward, resolved through the registry.
+
+        ``required=False`` (supervised training) accepts a task without rewards.
+        """
         names = self.config.reward_funcs or list(self.default_rewards)
+        if not names and not required:
+            return []
         if not names:
             raise ConfigError(f"task {self.config.name!r} has no reward functions; set task.reward_funcs")
         weights = self.config.reward_weights or [1.0] * len(names)

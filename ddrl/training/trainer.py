@@ -134,7 +134,7 @@ class Trainer:
         self.estimator = reg.build("estimators", cfg.estimator)
         self.sampler = reg.build("samplers", cfg.sampler)
         self.task = reg.build("tasks", cfg.task)
-        self.reward_fns = self.task.reward_functions(reg)
+        self.reward_fns = self.task.reward_functions(reg, required=not self.objective.supervised)
         _check_compatible(self.objective, self.estimator, self.sampler, cfg)
         torch.manual_seed(cfg.train.seed)
         policy = reg.build("models", cfg.model)

@@ -1,0 +1,79 @@
+"""``ddrl sft``: the supervised stage before RL (LLaDA's masked-diffusion SFT recipe, design §2.3).
+
+It is ``ddrl train`` with objective `sft` on reference completions: a task whose generator knows
+its solutions (Countdown, Sudoku) or a file of prompt/response or chat records (task `records`,
+``--data``). The run's ``final/`` directory is a model directory: pass it to ``ddrl train
+--model-path`` and it is both the starting policy and the reference (DMPO's SFT variant).
+
+    ddrl sft                                             # tiny Countdown base -> clean solutions
+    ddrl sft --model tiny --task countdown --set train.max_steps=2
+    ddrl sft -c recipes/llada/sft_s1k.yaml --model-path /models/LLaDA-8B-Instruct --data s1k.jsonl
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ddrl.cli.common import assemble_config
+from ddrl.cli.train import builtin_recipe
+from ddrl.config import ConfigError, load_recipe
+from ddrl.registry import Registry, RegistryError
+from ddrl.training.distributed import LaunchError
+from ddrl.training.trainer import CONFIG_FILE, Trainer
+
+DEFAULT_RECIPE = "tiny/sft_countdown.yaml"
+
+
+def sft(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help=f"A YAML recipe (default: {DEFAULT_RECIPE})."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, e.g. tiny, llada."),
+    model_path: Optional[str] = typer.Option(None, "--model-path", help="Start from this model directory."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="A task with known solutions (countdown, sudoku)."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="A local file/directory of records (task `records`)."),
+    data_format: Optional[str] = typer.Option(None, "--data-format", help="records layout: auto, messages, prompt_response, s1k."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="section.field=value (repeatable)."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Run directory (train.output_dir)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+) -> None:
+    """Supervised fine-tuning (masked-diffusion SFT); its output starts `ddrl train`."""
+    console = Console()
+    registry = Registry()
+    try:
+        if data is not None and task not in (None, "records"):
+            raise ConfigError(f"--data trains on a file of records (task `records`); drop --task {task}")
+        if resume is not None:
+            base: Path | dict = load_recipe(resume / CONFIG_FILE)
+            extra: dict = {"train.output_dir": str(resume)}
+        else:
+            base = config if config is not None else builtin_recipe(DEFAULT_RECIPE)
+            extra = {"train.output_dir": output_dir, "model.path": model_path}
+        if data is not None:
+            task = "records"
+            extra.update({"task.data_path": data, "task.format": data_format})
+        elif data_format is not None:
+            extra["task.format"] = data_format
+        names = {"objective": "sft", "model": model, "task": task}
+        extra["train.completions"] = "reference"
+        cfg = assemble_config(registry, base, names, overrides or [], sections=None, extra=extra)
+        result = Trainer(cfg, registry, resume=resume is not None, console=console).train()
+    except (ConfigError, RegistryError, LaunchError, FileNotFoundError, ValueError) as err:
+        console.print(f"[red]{escape(str(err))}[/red]")
+        raise typer.Exit(2) from None
+    console.print(
+        f"done: {result.steps} steps in {result.seconds / 60:.1f} min | outputs in {result.run_dir} | "
+        f"start RL from it: ddrl train --model {cfg.model.name} --model-path {result.final_dir}"
+    )
+    if result.accuracy_before is not None and result.accuracy_after is not None:
+        console.print(
+            f"held-out accuracy: before {result.accuracy_before:.3f} -> after {result.accuracy_after:.3f} "
+            f"({100 * (result.accuracy_after - result.accuracy_before):+.1f} points)"
+        )
+        typer.echo(
+            f"result: accuracy_before={result.accuracy_before:.3f} accuracy_after={result.accuracy_after:.3f} "
+            f"minutes={result.seconds / 60:.1f}"
+        )
