@@ -229,3 +229,17 @@ def test_batch_sizes_that_cannot_form_whole_groups_are_rejected(tmp_path):
     raw = recipe(tmp_path, train={"per_device_train_batch_size": 6, "num_generations": 4})
     with pytest.raises(ValueError, match="multiple of num_generations"):
         Trainer(build_config(raw))
+
+
+def test_tensorboard_events_mirror_the_jsonl_metrics(tmp_path):
+    pytest.importorskip("tensorboard")  # a dev dependency: CI has it
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw = recipe(tmp_path, logging={"report_to": ["jsonl", "tensorboard"], "progress": False},
+                 train={"max_steps": 2})
+    Trainer(build_config(raw)).train()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    metrics = read_metrics(tmp_path / "run")
+    losses = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert losses == [(m["step"], pytest.approx(m["loss"], rel=1e-6)) for m in metrics]
