@@ -28,7 +28,7 @@ def test_recipe_validates_and_round_trips(path):
         if not line.startswith("#"):
             break
         header.append(line)
-    commands = [line for line in header if re.match(r"^#\s+ddrl (train|pretrain)\b", line)]
+    commands = [line for line in header if re.match(r"^#\s+ddrl (train|pretrain|sft)\b", line)]
     assert len(commands) >= 2, "a recipe's header gives the command that runs it and an override example"
     config = build_config(load_recipe(path), registry=Registry())
     again = build_config(yaml.safe_load(dump_yaml(config)), registry=Registry())
