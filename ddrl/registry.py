@@ -7,8 +7,15 @@ as a plugin does::
     [project.entry-points."ddrl.objectives"]
     my_objective = "my_package.objective:MyObjective"
 
-Entry points are imported lazily, on first use. A plugin that fails to import is recorded (with its
-distribution's name and the error) and never stops the other components from loading.
+Entry points are imported lazily, on first use. Whatever is wrong with a plugin is reported with
+its distribution's name and never stops the other components from working:
+
+* an import that fails is recorded; looking the name up raises ``RegistryError`` with the error;
+* a name that clashes with a built-in is ignored (the built-in wins) and reported as shadowed;
+* a name registered by two plugins is ambiguous: neither is used, looking it up raises
+  ``RegistryError`` naming both distributions (ddrl will not pick one by ``sys.path`` order);
+* a component that breaks its group's interface raises ``PluginContractError`` when it is built
+  (or, for a reward, looked up) or when its output is used (``ddrl.contracts``).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ BUILTIN_DISTRIBUTION = "ddrl"
 
 
 class RegistryError(LookupError):
-    """An unknown or unloadable component name."""
+    """An unknown, ambiguous or unusable component name."""
 
 
 @dataclass
@@ -39,11 +46,18 @@ class Component:
     version: str
     entry_point: md.EntryPoint | None = field(default=None, repr=False)
     obj: Any = field(default=None, repr=False)
-    error: str | None = None
+    error: str | None = None  # why the import failed
+    rivals: list[tuple[str, str]] = field(default_factory=list)  # other plugins' (distribution, target)
+    checked: Any = field(default=None, repr=False)  # a plugin reward wrapped by its output check
 
     @property
     def builtin(self) -> bool:
         return self.distribution == BUILTIN_DISTRIBUTION
+
+    @property
+    def label(self) -> str:
+        """``sampler 'fancy' from distribution 'ddrl-fancy' (ddrl_fancy.sampler:Fancy)``."""
+        return f"{self.group[:-1]} {self.name!r} from distribution {self.distribution!r} ({self.target})"
 
 
 @dataclass
@@ -80,13 +94,20 @@ class Registry:
         if existing is not None:
             if existing.target == ep.value and existing.distribution == dist:
                 return  # the same distribution seen twice on sys.path
-            self.problems.append(
-                PluginProblem(
-                    group, ep.name, dist,
-                    f"name {ep.name!r} in {ep.group} is already registered by "
-                    f"{existing.distribution} ({existing.target}); {dist}'s {ep.value} is ignored",
+            if existing.builtin:
+                message = (
+                    f"name {ep.name!r} in {ep.group} is already registered by {existing.distribution} "
+                    f"({existing.target}); {dist}'s {ep.value} is ignored: built-ins always win, "
+                    f"so {dist} must register it under another name"
                 )
-            )
+            else:
+                existing.rivals.append((dist, ep.value))
+                message = (
+                    f"name {ep.name!r} in {ep.group} is registered by both {existing.distribution} "
+                    f"({existing.target}) and {dist} ({ep.value}); neither is used until one of them "
+                    "is uninstalled or renames it"
+                )
+            self.problems.append(PluginProblem(group, ep.name, dist, message))
             return
         self._components[group][ep.name] = Component(group, ep.name, ep.value, dist, version, ep)
 
@@ -113,26 +134,51 @@ class Registry:
         return "unregistered" if c is None else f"{c.distribution} {c.version}".strip()
 
     def get(self, group: str, name: str) -> Any:
-        """The registered object (class or function); raises ``RegistryError`` with alternatives."""
-        self._check_group(group)
-        component = self._components[group].get(name)
-        if component is None:
-            raise RegistryError(self._unknown_message(group, name))
-        if component.obj is None:
-            if component.error is None:
-                self._load(component)
-            if component.error is not None:
-                raise RegistryError(
-                    f"{group[:-1]} {name!r} from distribution {component.distribution!r} failed to "
-                    f"load ({component.target}): {component.error}"
-                )
-        return component.obj
+        """The registered object (class or function); raises ``RegistryError`` with alternatives.
+
+        A reward is checked here (it is never built); a plugin's reward comes back wrapped by a
+        check of its output.
+        """
+        component = self._loaded(group, name)
+        if group != "rewards":
+            return component.obj
+        from ddrl.contracts import PluginContractError, class_problem, guard_reward
+
+        problem = class_problem(group, component.obj)
+        if problem is not None:
+            raise PluginContractError(f"{component.label} is not a usable reward: {problem}")
+        if component.builtin:
+            return component.obj
+        if component.checked is None:
+            component.checked = guard_reward(component.obj, component.label)
+        return component.checked
 
     def build(self, group: str, config: Any, **kwargs: Any) -> Any:
-        """Construct a component from its validated Config (``config.name`` picks it)."""
-        cls = self.get(group, config.name)
-        factory = getattr(cls, "from_config", None)
-        return factory(config, **kwargs) if factory is not None else cls(config, **kwargs)
+        """Construct a component from its validated Config (``config.name`` picks it).
+
+        The class is checked against its group's interface first, the instance after; a plugin's
+        instance gets output checks (``ddrl.contracts.guard``). Every failure names the distribution.
+        """
+        from ddrl.contracts import PluginContractError, class_problem, guard, instance_problem
+
+        if group == "rewards":
+            raise RegistryError("rewards are plain functions: look them up with get('rewards', name)")
+        component = self._loaded(group, config.name)
+        problem = class_problem(group, component.obj)
+        if problem is not None:
+            raise PluginContractError(f"{component.label} cannot be built: {problem}")
+        try:
+            obj = component.obj.from_config(config, **kwargs)
+        except Exception as exc:
+            if not component.builtin and hasattr(exc, "add_note"):
+                exc.add_note(f"raised while building {component.label}")
+            raise
+        problem = instance_problem(group, obj)
+        if problem is not None:
+            raise PluginContractError(f"{component.label} is broken: {problem}")
+        if not component.builtin:
+            guard(group, obj, component.label)
+        return obj
 
     def load_all(self) -> list[PluginProblem]:
         """Import every component; return all problems (import failures and name clashes)."""
@@ -141,6 +187,25 @@ class Registry:
                 if component.obj is None and component.error is None:
                     self._load(component)
         return list(self.problems)
+
+    def check_all(self) -> list[PluginProblem]:
+        """``load_all`` plus every imported component that breaks its group's interface."""
+        problems = self.load_all()
+        for group in GROUPS:
+            for component in self._components[group].values():
+                problem = self.interface_problem(component)
+                if problem is not None:
+                    problems.append(PluginProblem(group, component.name, component.distribution, problem))
+        return problems
+
+    def interface_problem(self, component: Component) -> str | None:
+        """Why an imported component cannot serve its group (None if it can or did not import)."""
+        from ddrl.contracts import class_problem
+
+        if component.obj is None:
+            return None
+        problem = class_problem(component.group, component.obj)
+        return None if problem is None else f"{component.target} breaks the interface: {problem}"
 
     # ---------------------------------------------------------------------------------------
     def _load(self, component: Component) -> None:
@@ -157,6 +222,29 @@ class Registry:
                     f"failed to import {component.target}: {component.error}",
                 )
             )
+
+    def _loaded(self, group: str, name: str) -> Component:
+        """The component, imported; ``RegistryError`` if unknown, ambiguous or unimportable."""
+        self._check_group(group)
+        component = self._components[group].get(name)
+        if component is None:
+            raise RegistryError(self._unknown_message(group, name))
+        if component.rivals:
+            owners = [(component.distribution, component.target), *component.rivals]
+            listing = ", ".join(f"{d} ({t})" for d, t in owners)
+            raise RegistryError(
+                f"{group[:-1]} {name!r} is registered by several plugins: {listing}; ddrl uses none of "
+                f"them: uninstall all but one (pip uninstall <distribution>)"
+            )
+        if component.obj is None:
+            if component.error is None:
+                self._load(component)
+            if component.error is not None:
+                raise RegistryError(
+                    f"{group[:-1]} {name!r} from distribution {component.distribution!r} failed to "
+                    f"load ({component.target}): {component.error}"
+                )
+        return component
 
     def _unknown_message(self, group: str, name: str) -> str:
         available = self.names(group)

@@ -1,4 +1,5 @@
-"""``ddrl plugins``: every registered component, per group, with the distribution it comes from."""
+"""``ddrl plugins``: every registered component, per group, with the distribution it comes from,
+and every plugin problem (failed import, name clash, broken interface) with its distribution."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ddrl.registry import GROUPS, Registry
+from ddrl.registry import GROUPS, Component, Registry
 
 
 def plugins(
@@ -15,21 +16,31 @@ def plugins(
 ) -> None:
     """List models, samplers, estimators, objectives, tasks and rewards, and broken plugins."""
     console = Console()
-    registry = Registry()
-    problems = registry.load_all()
-    groups = GROUPS if group is None else (group,)
     if group is not None and group not in GROUPS:
         console.print(f"[red]unknown group {group!r}; groups: {', '.join(GROUPS)}[/red]")
         raise typer.Exit(2)
+    registry = Registry()
+    problems = registry.check_all()
+    groups = GROUPS if group is None else (group,)
     table = Table(title="ddrl components", show_lines=False)
     for column in ("group", "name", "distribution", "target", "status"):
         table.add_column(column, overflow="fold")
     for g in groups:
         for c in registry.components(g):
-            status = "[green]ok[/green]" if c.error is None else f"[red]{escape(c.error)}[/red]"
-            table.add_row(g, c.name, f"{c.distribution} {c.version}".strip(), c.target, status)
+            table.add_row(g, c.name, f"{c.distribution} {c.version}".strip(), c.target, _status(registry, c))
     console.print(table)
+    problems = [p for p in problems if p.group in groups]
     if problems:
         console.print(f"[yellow]{len(problems)} plugin problem(s):[/yellow]")
         for p in problems:
             console.print(f"  [yellow]{escape(p.distribution)}[/yellow] {p.group}/{p.name}: {escape(p.message)}")
+
+
+def _status(registry: Registry, c: Component) -> str:
+    if c.error is not None:
+        return f"[red]import failed: {escape(c.error)}[/red]"
+    if c.rivals:
+        others = ", ".join(d for d, _ in c.rivals)
+        return f"[red]ambiguous: also registered by {escape(others)}[/red]"
+    problem = registry.interface_problem(c)
+    return "[green]ok[/green]" if problem is None else f"[red]{escape(problem)}[/red]"

@@ -1,0 +1,60 @@
+"""The example plugin, as ddrl sees it once the distribution is installed.
+
+Nothing is installed here: CI (``bash .ci/run``) installs every package under plugins/ first. Run
+alone with ``pip install -e plugins/ddrl-example-task && python -m pytest plugins/ddrl-example-task``.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import version
+
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("ddrl_example_task", reason="not installed: pip install -e plugins/ddrl-example-task")
+
+from ddrl.cli.app import app
+from ddrl.config import build_config
+from ddrl.registry import Registry
+from ddrl_example_task.task import ReverseWordTask
+
+DIST = "ddrl-example-task"
+
+
+def test_registry_finds_the_task_and_the_reward_of_this_distribution():
+    registry = Registry()
+    assert registry.get("tasks", "reverse_word") is ReverseWordTask
+    assert registry.origin("tasks", "reverse_word") == f"{DIST} {version(DIST)}"
+    assert registry.origin("rewards", "reverse_word_match") == f"{DIST} {version(DIST)}"
+    assert [p for p in registry.check_all() if p.distribution == DIST] == []
+
+
+def test_reward_is_the_share_of_letters_in_place():
+    reward = Registry().get("rewards", "reverse_word_match")
+    # gold "cba": "cba" all 3 right; " cbx" (stripped) 2 of 3; "abc" only the middle b
+    assert reward(["reverse abc:"] * 3, ["cba", " cbx", "abc"], answer=["cba"] * 3) == [1.0, 2 / 3, 1 / 3]
+
+
+def test_splits_come_from_the_seed_and_differ():
+    registry = Registry()
+    config = build_config({"task": {"name": "reverse_word", "num_test": 5}}, registry=registry, sections=["task"]).task
+    task = registry.build("tasks", config)
+    test = task.split("test")
+    assert len(test) == 5 and test == task.split("test")
+    assert [e.question for e in test] != [e.question for e in task.split("train")[:5]]
+    for example in test:
+        assert example.answer == example.question[::-1]
+        assert task.score(example, f" {example.answer}\n") == {"accuracy": 1.0}
+        assert task.format_prompt(example) == f"reverse {example.question}:"
+
+
+@pytest.mark.slow
+def test_ddrl_train_runs_two_steps_on_the_plugin_task(tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--task", "reverse_word", "--model", "tiny", "--set", "train.max_steps=2"]
+    result = CliRunner().invoke(app, [*args, "--output-dir", str(run)], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in steps if "reward" in m] == [1, 2]
+    assert "name: reverse_word" in (run / "config.yaml").read_text()
