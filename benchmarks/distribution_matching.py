@@ -49,6 +49,19 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "coupled_grpo": ({"name": "coupled_grpo"}, {"name": "coupled"}),
 }
 QUICK = ["dmpo", "diffu_grpo", "coupled_grpo"]
+# Plugin objectives (plugins/ddrl-*), in both default lists when installed. SPG's blocks span the whole
+# completion (the ancestral sampler fills it as one block); TraceRL merges 2 of the 4 sampler steps
+# (2 canvases per block, as s = 8 gives for the 16 steps of a published LLaDA block).
+PLUGIN_METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "wd1": ({"name": "wd1"}, {"name": "one_step"}),
+    "spg": ({"name": "spg"}, {"name": "blockwise", "num_samples": 2, "block_length": LENGTH}),
+    "tracerl": ({"name": "tracerl", "shrinkage": 2}, {"name": "elbo"}),  # TraceRL uses no estimator
+}
+
+
+def installed_plugin_methods(registry: Registry) -> list[str]:
+    registered = set(registry.names("objectives"))
+    return [name for name, (objective, _) in PLUGIN_METHODS.items() if objective["name"] in registered]
 
 
 def recipe(objective: dict, estimator: dict, seed: int, steps: int, out: Path) -> dict[str, Any]:
@@ -117,12 +130,14 @@ class ExactTracker:
 
 
 def run_method(name: str, seed: int, steps: int, every: int, registry: Registry) -> dict[str, Any]:
-    objective, estimator = METHODS[name]
+    objective, estimator = {**METHODS, **PLUGIN_METHODS}[name]
     tracker = ExactTracker(every)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build_config(recipe(objective, estimator, seed, steps, Path(tmp) / "run"))
         start = time.perf_counter()
-        Trainer(cfg, registry, callbacks=[tracker]).train()
+        trainer = Trainer(cfg, registry, callbacks=[tracker])
+        tracker._setup(trainer)  # p_ref from the initial weights, also for objectives without a reference
+        trainer.train()
         seconds = time.perf_counter() - start
     final = tracker.curve[-1]
     return {
@@ -210,9 +225,9 @@ def main() -> None:
         saved = json.loads(args.out.with_name(args.out.name + suffix + ".json").read_text())
         plot(saved["runs"], [r["method"] for r in saved["rows"]], args.out.with_name(args.out.name + suffix + ".png"))
         return
-    methods = args.methods or (QUICK if args.quick else list(METHODS))
-    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     registry = Registry()
+    methods = args.methods or [*(QUICK if args.quick else METHODS), *installed_plugin_methods(registry)]
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     results = []
     for m in methods:
         for s in seeds:

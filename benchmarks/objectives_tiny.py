@@ -1,6 +1,7 @@
 """Objective comparison on the tiny models (issue: tasks, demo, evaluation; item 7).
 
-DMPO vs diffu-GRPO vs coupled-GRPO (and any objective a plugin registers, with ``--objectives``),
+DMPO vs diffu-GRPO vs coupled-GRPO, plus wd1, SPG and TraceRL when their plugin packages are installed
+(and any other objective a plugin registers, with ``--objectives``),
 each trained from the same shipped tiny base (``builtin:countdown``, ``builtin:sudoku``) with the
 same sampler, batch, steps, seeds — hence the same number of rollouts — and evaluated greedily on the
 same 256 held-out puzzles every ``--every`` steps.
@@ -47,11 +48,22 @@ OBJECTIVES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "coupled_grpo": ({"name": "coupled_grpo"}, {"name": "coupled"}),
 }
 BASELINES = ("diffu_grpo", "coupled_grpo")
+# Plugin objectives (plugins/ddrl-*), in the default list when installed, each with the estimator it was
+# published with. TraceRL merges half a block's steps: 2 canvases per block, as s = 8 gives for the 16
+# steps of a published LLaDA block.
+PLUGINS: dict[str, dict[str, Any]] = {"wd1": {"name": "wd1"}, "spg": {"name": "spg"}, "tracerl": {"name": "tracerl"}}
+
+
+def installed_plugins() -> list[str]:
+    registered = set(Registry().names("objectives"))
+    return [name for name in PLUGINS if name in registered]
 
 
 def recipe(task: str, objective: str, seed: int, steps: int, every: int, out: Path) -> dict[str, Any]:
     spec = TASKS[task]
-    obj, est = OBJECTIVES[objective] if objective in OBJECTIVES else ({"name": objective}, None)
+    obj, est = OBJECTIVES[objective] if objective in OBJECTIVES else (PLUGINS.get(objective, {"name": objective}), None)
+    if obj["name"] == "tracerl":
+        obj = {**obj, "shrinkage": spec["length"] // 2}
     raw = {
         "model": spec["model"],
         "task": spec["task"],
@@ -104,7 +116,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/figures/objectives_tiny.json"))
     args = parser.parse_args()
     tasks = args.tasks or (["countdown"] if args.quick else list(TASKS))
-    objectives = args.objectives or ["dmpo", "diffu_grpo", "coupled_grpo"]
+    objectives = args.objectives or ["dmpo", "diffu_grpo", "coupled_grpo", *installed_plugins()]
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     steps = args.steps or (200 if args.quick else 400)
     runs = []

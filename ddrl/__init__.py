@@ -2,8 +2,8 @@
 
 The public API a plugin may rely on is what this package and its interface modules export:
 ``ddrl.batch``, ``ddrl.config``, ``ddrl.registry``, ``ddrl.models.base``, ``ddrl.samplers.base``,
-``ddrl.estimators.base``, ``ddrl.estimators.masks``, ``ddrl.objectives.base``, ``ddrl.tasks.base``,
-``ddrl.rewards.base``.
+``ddrl.estimators.base``, ``ddrl.estimators.masks``, ``ddrl.objectives.base``,
+``ddrl.objectives.groups``, ``ddrl.objectives.ppo``, ``ddrl.tasks.base``, ``ddrl.rewards.base``.
 """
 
 from ddrl.batch import SequenceBatch

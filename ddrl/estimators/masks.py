@@ -1,8 +1,14 @@
-"""Mask schemes: how an estimator (or a loss) masks the completion (design §4, §2.1).
+"""Mask schemes: how an estimator (or a loss) masks the completion (design §4, §2.1, §2.2).
 
 Each scheme is a pure function of the completion's valid positions ``valid [B, L]`` and a
 ``torch.Generator``; it returns ``MaskedViews``. The weights are chosen so that the weighted sum of
 scored log-probs is the scheme's estimate (see ``estimators.base``).
+
+Public API: plugins build their estimators and losses from these schemes and score the views with
+``estimators.base.score_views`` (per-token log-probs under the views' masks, with gradients).
+Besides the estimators' schemes, two serve the plugin objectives of design §2.2 and any other:
+``blockwise_masks`` (SPG's block-wise masks) and ``trajectory_masks`` (a sampler's own canvases,
+from ``SampleOutput.unmask_step``, for TraceRL).
 """
 
 from __future__ import annotations
@@ -142,3 +148,85 @@ def sft_masks(valid: Tensor, generator: torch.Generator | None = None, eps: floa
     n_valid = valid.sum(-1, keepdim=True).clamp(min=1).float()
     weights = masked.float() / (p * n_valid)
     return MaskedViews(masked[:, None], masked[:, None], weights[:, None])
+
+
+def blockwise_masks(
+    valid: Tensor,
+    prompt_mask: Tensor,
+    block_length: int,
+    num_samples: int,
+    p_mask_prompt: float = 0.15,
+    generator: torch.Generator | None = None,
+    weighting: Weighting = "elbo",
+) -> MaskedViews:
+    """SPG's block-wise masks (arXiv 2510.09541): K views per row, each chosen around one block.
+
+    The completion is cut into blocks of ``block_length`` (the last may be shorter). View k picks a
+    block b; blocks after b are fully masked, m ~ U{1..n_b} of block b's n_b valid positions are
+    masked uniformly at random, and every still-clean position before it (earlier blocks, and the
+    real prompt tokens) is masked with probability ``p_mask_prompt``. Positions outside ``valid``
+    (after the first EOS) are always masked and never scored; every masked valid position is scored.
+
+    The blocks follow the published code: the first K entries of a random permutation of all blocks,
+    taken modulo the number of blocks up to the last valid position — so with every block valid the
+    K views see K distinct blocks (uniform without replacement); otherwise the low blocks are favoured.
+
+    Weights: ``"inverse_masked"`` gives (1/m_k)/K per scored token, so the estimate is SPG's ELBO side,
+    the mean over views of the mean log-prob over the masked valid tokens; ``"elbo"`` scales it by n.
+    Shapes: ``valid [B, L]``, ``prompt_mask [B, P]`` -> views ``[B, K, L]``, prompt masks ``[B, K, P]``.
+    """
+    if block_length < 1 or num_samples < 1:
+        raise ValueError(f"block_length and num_samples must be >= 1, got {block_length} and {num_samples}")
+    if not 0 <= p_mask_prompt <= 1:
+        raise ValueError(f"p_mask_prompt must lie in [0, 1], got {p_mask_prompt}")
+    b, n = valid.shape
+    k = num_samples
+    num_blocks = -(-n // block_length)
+    block_of = torch.arange(n, device=valid.device) // block_length  # (L,)
+    last_valid_block = torch.where(valid, block_of, -1).amax(-1)  # (B,)
+    candidates = (last_valid_block + 1).clamp(min=1)  # blocks that may be chosen
+    draws = -(-k // num_blocks)  # K > number of blocks: several permutations, one after the other
+    perm = torch.cat([_rand((b, num_blocks), valid, generator).argsort(-1) for _ in range(draws)], 1)
+    chosen = perm[:, :k] % candidates[:, None]  # (B, K)
+    offset = block_of[None, None, :] - chosen[..., None]  # (B, K, L): < 0 earlier, 0 chosen, > 0 later
+    in_block = (offset == 0) & valid[:, None, :]
+    n_block = in_block.sum(-1)  # (B, K)
+    m = (_rand((b, k), valid, generator) * n_block).floor().long() + 1  # U{1..n_b}
+    scores = _rand((b, k, n), valid, generator).masked_fill(~in_block, 2.0)
+    ranks = scores.argsort(-1).argsort(-1)  # rank of each position among block b's valid ones
+    in_block_masked = (ranks < m[..., None]) & in_block
+    earlier_masked = (offset < 0) & (_rand((b, k, n), valid, generator) < p_mask_prompt)
+    masked = in_block_masked | earlier_masked | (offset > 0) | ~valid[:, None, :]
+    scored = masked & valid[:, None, :]
+    prompt = (_rand((b, k, prompt_mask.shape[1]), valid, generator) < p_mask_prompt) & prompt_mask[:, None]
+    return MaskedViews(masked, scored, _count_weights(scored, valid, weighting), prompt)
+
+
+def trajectory_masks(valid: Tensor, unmask_step: Tensor, merge: int = 1, num_steps: int | None = None) -> MaskedViews:
+    """A sampler's own trajectory as views (TraceRL, arXiv 2509.06949), from ``SampleOutput.unmask_step``.
+
+    Sampler steps are merged in consecutive groups of ``merge`` (TraceRL's shrinkage s). View k is the
+    canvas at the start of merged step k: every completion position revealed at a step >= k * merge is
+    masked (the prompt is clean), and the valid positions revealed during steps [k*merge, (k+1)*merge)
+    are scored with weight 1. With ``merge = 1`` the views are exactly the canvases the sampler fed to
+    the policy, and each valid position is scored in exactly one view, so ``per_token()`` is the
+    log-prob of every token on the canvas it was decoded from.
+
+    Shapes: ``valid, unmask_step [B, L]`` -> ``[B, R, L]`` with R = ceil(num_steps / merge)
+    (``num_steps`` defaults to the largest recorded step + 1; pass the sampler's ``num_steps`` so that
+    every chunk of a rollout gets the same R).
+    """
+    if merge < 1:
+        raise ValueError(f"merge must be >= 1, got {merge}")
+    if unmask_step.shape != valid.shape:
+        raise ValueError(f"unmask_step {tuple(unmask_step.shape)} must have the shape of valid {tuple(valid.shape)}")
+    if bool((unmask_step < 0).any()):
+        raise ValueError("unmask_step holds a negative step: every completion position must have been revealed")
+    steps = int(unmask_step.max().item()) + 1 if num_steps is None else num_steps
+    if unmask_step.numel() and int(unmask_step.max().item()) >= steps:
+        raise ValueError(f"unmask_step records step {int(unmask_step.max().item())} but num_steps is {steps}")
+    merged = unmask_step // merge  # (B, L)
+    view = torch.arange(-(-steps // merge), device=valid.device)[None, :, None]  # (1, R, 1)
+    masked = merged[:, None, :] >= view
+    scored = (merged[:, None, :] == view) & valid[:, None, :]
+    return MaskedViews(masked, scored, scored.float())

@@ -2,6 +2,9 @@
 
 All functions take flat ``[N]`` tensors and ``group_ids [N]`` and return ``[N]`` (each row gets
 its group's statistic), so they work unchanged on a batch gathered from several processes.
+
+Public API: plugin objectives normalise their groups with these (gather first with
+``ObjectiveContext.gather_groups``, so that a prompt's group is normalised as a whole).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""PPO-style token losses shared by the GRPO family (pure functions of tensors)."""
+"""PPO-style token losses shared by the GRPO family (pure functions of tensors).
+
+Public API: plugin objectives with a clipped ratio or a k3 KL term use these.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,47 @@
+"""The LLaDA recipes carry the published hyper-parameters and validate against the registry."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from ddrl.config import build_config, load_recipe
+from ddrl.registry import Registry
+
+RECIPES = {p.stem: p for p in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))}
+TASKS = ("gsm8k", "math500", "countdown", "sudoku")
+
+
+def test_there_is_one_llada_recipe_per_task():
+    assert sorted(RECIPES) == sorted(f"llada_{t}" for t in TASKS)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_recipe_has_the_published_hyper_parameters(task):
+    raw = load_recipe(RECIPES[f"llada_{task}"])
+    assert raw["model"] == {"name": "llada", "path": "/path/to/LLaDA-8B-Instruct", "dtype": "bfloat16",
+                            "lora": {"r": 128, "alpha": 64, "dropout": 0.05}}
+    assert raw["task"]["name"] == task
+    assert raw["sampler"] == {"name": "block", "max_completion_length": 256, "block_length": 32, "steps": 128,
+                              "temperature": 0.9, "remasking": "low_confidence"}
+    assert raw["estimator"] == {"name": "one_step", "p_mask_prompt": 0.15}
+    assert raw["objective"] == {"name": "wd1", "positive_only": False}
+    train = raw["train"]
+    assert train["learning_rate"] == 3e-6 and train["num_generations"] == 6
+    assert train["per_device_train_batch_size"] == 6  # one group per micro-batch, as published
+    assert train["num_iterations"] == (8 if task == "sudoku" else 12)
+    assert train["max_grad_norm"] == 0.2 and train["max_prompt_length"] == 200
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_header_and_validation(name):
+    text = RECIPES[name].read_text()
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    assert len([h for h in header if re.match(r"^#\s+ddrl train\b", h)]) >= 2
+    registry = Registry()
+    if "llada" not in registry.names("models"):
+        pytest.skip("the llada model is not registered in this ddrl")
+    config = build_config(load_recipe(RECIPES[name]), registry=registry)
+    assert config.objective.name == "wd1"
