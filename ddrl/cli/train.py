@@ -64,11 +64,12 @@ def train(
         f"(final policy {result.final_dir}, metrics.jsonl, curves.png)"
     )
     if result.accuracy_before is not None and result.accuracy_after is not None:
+        name = result.heldout_metric  # accuracy, or the task's own measure (ess for ising/potts)
         console.print(
-            f"held-out accuracy: before {result.accuracy_before:.3f} -> after {result.accuracy_after:.3f} "
+            f"held-out {name}: before {result.accuracy_before:.3f} -> after {result.accuracy_after:.3f} "
             f"({100 * (result.accuracy_after - result.accuracy_before):+.1f} points)"
         )
         typer.echo(
-            f"result: accuracy_before={result.accuracy_before:.3f} accuracy_after={result.accuracy_after:.3f} "
+            f"result: {name}_before={result.accuracy_before:.3f} {name}_after={result.accuracy_after:.3f} "
             f"minutes={result.seconds / 60:.1f}"
         )

@@ -9,6 +9,9 @@ MLP, no biases, untied input/output embeddings, and a character tokenizer. Saved
 
 Without a tokenizer (``charset: null``) the model works on raw token ids 0..V-2 with the mask as
 id V-1: the setting of exact enumeration tests and of energy-based targets (Ising/Potts spins).
+
+It supports the `fast` sampler's key/value cache (``forward_cache`` / ``forward_window``; layouts
+in ``ddrl.models.cache``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,7 @@ from torch import Tensor, nn
 
 from ddrl.config import ComponentConfig
 from ddrl.models.base import MaskedDiffusionPolicy
+from ddrl.models.cache import KVCache, splice
 from ddrl.models.char_tokenizer import DEFAULT_CHARSET, TOKENIZER_FILE, CharTokenizer
 
 CONFIG_FILE = "config.json"
@@ -95,6 +99,9 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.type_as(x)
 
 
+KVHook = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # window keys/values -> attended ones
+
+
 class Attention(nn.Module):
     def __init__(self, arch: TinyArchitecture) -> None:
         super().__init__()
@@ -106,13 +113,19 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(arch.d_model, arch.d_model, bias=False)
         self.o_proj = nn.Linear(arch.d_model, arch.d_model, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None, kv_hook: KVHook | None = None
+    ) -> Tensor:
+        """``x [B, S, D]`` -> ``[B, S, D]``; ``kv_hook`` maps this window's rotated keys/values
+        ``[B, H, S, hd]`` to the keys/values attended to (``[B, H, T, hd]``, cache spliced in)."""
         b, t, _ = x.shape
         q, k, v = (
             proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
             for proj in (self.q_proj, self.k_proj, self.v_proj)
-        )  # (B, H, T, hd)
+        )  # (B, H, S, hd)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if kv_hook is not None:
+            k, v = kv_hook(k, v)  # (B, H, T, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, is_causal=False)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
@@ -136,8 +149,10 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(arch.d_model, arch.norm_eps)
         self.mlp = SwiGLU(arch)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, key_mask)
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, key_mask: Tensor | None, kv_hook: KVHook | None = None
+    ) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, key_mask, kv_hook)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -164,16 +179,7 @@ class TinyTransformer(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         b, t = input_ids.shape
-        if t > self.arch.max_seq_len:
-            raise ValueError(f"sequence length {t} exceeds max_seq_len {self.arch.max_seq_len}")
-        if attention_mask is None or bool(attention_mask.all()):
-            positions = torch.arange(t, device=input_ids.device).expand(b, t)
-            key_mask = None
-        else:
-            mask = attention_mask.bool()
-            # positions count real tokens only, so left padding does not shift the rotary phase
-            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            key_mask = mask[:, None, None, :]  # (B, 1, 1, T): True = may be attended to
+        positions, key_mask = self._positions(b, t, attention_mask, input_ids.device)
         cos, sin = rotary(positions, self.arch.d_model // self.arch.n_heads, self.arch.rope_theta)
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
@@ -182,6 +188,77 @@ class TinyTransformer(nn.Module):
             else:
                 x = layer(x, cos, sin, key_mask)
         return self.lm_head(self.norm(x))
+
+    def forward_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
+        """Logits ``[B, T, V]`` (equal to ``forward``'s) and every layer's rotated keys/values."""
+        b, t = input_ids.shape
+        positions, key_mask = self._positions(b, t, attention_mask, input_ids.device)
+        cos, sin = rotary(positions, self.arch.d_model // self.arch.n_heads, self.arch.rope_theta)
+        cache = KVCache([], [])
+
+        def keep(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+            cache.keys.append(k)
+            cache.values.append(v)
+            return k, v
+
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, key_mask, keep)
+        return self.lm_head(self.norm(x)), cache
+
+    def forward_window(
+        self, window_ids: Tensor, start: int, cache: KVCache, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Logits ``[B, S, V]`` of canvas positions ``[start, start+S)``; the other positions'
+        keys/values come from ``cache`` (prefix layout: ``cache.length == start``, the window runs
+        to the end of the canvas; dual layout: ``cache.length == T``)."""
+        b, s = window_ids.shape
+        if len(cache.keys) != len(self.layers):
+            raise ValueError(f"the cache holds {len(cache.keys)} layers, the model has {len(self.layers)}")
+        t = _canvas_length(start, s, cache.length, attention_mask)
+        positions, key_mask = self._positions(b, t, attention_mask, window_ids.device)
+        positions = positions[:, start : start + s]  # rotary phases of the whole canvas
+        cos, sin = rotary(positions, self.arch.d_model // self.arch.n_heads, self.arch.rope_theta)
+        x = self.embed_tokens(window_ids)
+        for layer, k_cached, v_cached in zip(self.layers, cache.keys, cache.values):
+            hook = _splicer(k_cached, v_cached, start)
+            x = layer(x, cos, sin, key_mask, hook)
+        return self.lm_head(self.norm(x))
+
+    def _positions(
+        self, b: int, t: int, attention_mask: Tensor | None, device: torch.device
+    ) -> tuple[Tensor, Tensor | None]:
+        """Rotary positions ``[B, T]`` and the key mask ``[B, 1, 1, T]`` (None = attend everywhere)."""
+        if t > self.arch.max_seq_len:
+            raise ValueError(f"sequence length {t} exceeds max_seq_len {self.arch.max_seq_len}")
+        if attention_mask is None or bool(attention_mask.all()):
+            return torch.arange(t, device=device).expand(b, t), None
+        mask = attention_mask.bool()
+        # positions count real tokens only, so left padding does not shift the rotary phase
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        return positions, mask[:, None, None, :]  # key mask: True = may be attended to
+
+
+def _splicer(k_cached: Tensor, v_cached: Tensor, start: int) -> KVHook:
+    def hook(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        return splice(k_cached, k, start), splice(v_cached, v, start)
+
+    return hook
+
+
+def _canvas_length(start: int, window: int, cached: int, attention_mask: Tensor | None) -> int:
+    """T, the canvas width a window call describes; checks that the cache layout fits it."""
+    if cached == start:  # prefix layout: the window is the rest of the canvas
+        t = start + window
+    elif cached >= start + window:  # dual layout: the cache covers the canvas
+        t = cached
+    else:
+        raise ValueError(f"a cache of {cached} positions fits neither a prefix ending at {start} nor "
+                         f"a canvas holding the window [{start}, {start + window})")
+    if attention_mask is not None and attention_mask.shape[1] != t:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions but the cache and "
+                         f"window describe a canvas of {t} (a prefix window must run to the canvas end)")
+    return t
 
 
 # ------------------------------------------------------------------------------------------------
@@ -192,6 +269,7 @@ class TinyPolicy(MaskedDiffusionPolicy):
     """The `tiny` masked diffusion policy: ``TinyTransformer`` + ``CharTokenizer``."""
 
     Config = TinyConfig
+    supports_kv_cache = True
 
     def __init__(self, arch: TinyArchitecture, tokenizer: CharTokenizer | None) -> None:
         super().__init__()
@@ -221,6 +299,14 @@ class TinyPolicy(MaskedDiffusionPolicy):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.net(input_ids, attention_mask)
+
+    def forward_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
+        return self.net.forward_cache(input_ids, attention_mask)
+
+    def forward_window(
+        self, window_ids: Tensor, start: int, cache: KVCache, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        return self.net.forward_window(window_ids, start, cache, attention_mask)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.net.gradient_checkpointing = enabled

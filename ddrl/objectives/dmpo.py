@@ -16,6 +16,11 @@ rollout batch; R antithetic loss masks with rates lambda ~ U[0.1, 1] drawn afres
 the prompt never masked; summed, not averaged, over the micro-batch.
 Departures: none intended; `unbiased` re-estimates log p_theta at the start of each inner
 iteration on the views used for log p_old (at iteration 0 it equals the `mean` baseline).
+
+``reference: uniform`` is MDNS's setting (design §2.3, energy targets): p_ref(o) = V^-L for every
+completion, so there is no reference model and log_rnd = -log p_old(o) up to a constant, which
+the group softmax ignores. With alpha = 1, ``log_ratio: path`` and the ``ancestral`` sampler the
+weights are exactly MDNS's softmax(r - log p_old(o; sigma)), and ``baseline: none`` is its WDCE.
 """
 
 from __future__ import annotations
@@ -52,6 +57,9 @@ class DMPOConfig(ObjectiveConfig):
     scale_by_std: bool = Field(False, description="divide the advantages by their group std")
     log_ratio: Literal["estimator", "path"] = Field(
         "estimator", description="estimator: ELBO after generation (published); path: exact, ancestral sampler"
+    )
+    reference: Literal["policy", "uniform"] = Field(
+        "policy", description="policy: the frozen initial policy; uniform: p_ref = V^-L, no reference model (MDNS)"
     )
     loss_replicates: int = Field(4, ge=2, description="R antithetic loss masks per completion (even)")
     loss_rate_range: tuple[float, float] = (0.1, 1.0)
@@ -139,18 +147,21 @@ class DMPO(Objective):
 
     @property
     def needs_reference(self) -> bool:
-        return True
+        return self.config.reference == "policy"
 
     @property
     def needs_sampler(self) -> frozenset[str]:
-        return frozenset({"exact_path", "scorer_logprobs"}) if self.config.log_ratio == "path" else frozenset()
+        if self.config.log_ratio != "path":
+            return frozenset()
+        return frozenset({"exact_path", "scorer_logprobs"} if self.needs_reference else {"exact_path", "token_logprobs"})
 
     @property
     def needs_estimator(self) -> frozenset[str]:  # type: ignore[override]
         return frozenset({"sequence"}) if self.config.log_ratio == "estimator" else frozenset()
 
     def rollout_scorers(self, ctx: ObjectiveContext) -> list[MaskedDiffusionPolicy]:
-        return [ctx.ref_policy] if self.config.log_ratio == "path" and ctx.ref_policy is not None else []
+        path = self.config.log_ratio == "path" and self.needs_reference
+        return [ctx.ref_policy] if path and ctx.ref_policy is not None else []
 
     # -------------------------------------------------------------------------------------------
     def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> dict[str, Any]:
@@ -160,14 +171,20 @@ class DMPO(Objective):
             order = None if rollout.sample is None else rollout.sample.order
             out["views"] = ctx.estimator.draw(rollout.batch, ctx.generator, order)
             out["lp_old"] = ctx.estimator.score(ctx.policy, rollout.batch, out["views"]).sequence()
+        uniform = self.config.reference == "uniform"  # log p_ref is a constant: dropped
         if self.config.log_ratio == "path":
             s = rollout.sample
-            if s is None or s.token_logprobs is None or not s.scorer_logprobs:
+            if s is None or s.token_logprobs is None or (not uniform and not s.scorer_logprobs):
                 raise ConfigError(
-                    "dmpo log_ratio=path needs a sampler that records the reference's log-probs along "
-                    "its path (sampler: ancestral); or set objective.log_ratio=estimator"
+                    "dmpo log_ratio=path needs a sampler that records the log-probs along its path "
+                    "(and the reference's, unless reference=uniform): sampler ancestral; or set "
+                    "objective.log_ratio=estimator"
                 )
-            out["log_rnd"] = s.scorer_logprobs[0].sum(-1) - s.token_logprobs.sum(-1)
+            lp_ref = 0.0 if uniform else s.scorer_logprobs[0].sum(-1)
+            out["log_rnd"] = lp_ref - s.token_logprobs.sum(-1)
+            return out
+        if uniform:
+            out["log_rnd"] = -out["lp_old"]
             return out
         if ctx.ref_policy is None:
             raise ConfigError("dmpo needs a reference policy")

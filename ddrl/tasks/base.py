@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ddrl.models.base import MaskedDiffusionPolicy
     from ddrl.registry import Registry
     from ddrl.rewards.base import RewardFn
+    from ddrl.samplers.base import Sampler
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Task(ABC):
     Config: ClassVar[type[TaskConfig]]
     default_rewards: ClassVar[tuple[str, ...]] = ()
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
+    heldout_metric: ClassVar[str] = "accuracy"  # the held-out number a run reports before/after
 
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
@@ -83,11 +85,29 @@ class Task(ABC):
 
     @abstractmethod
     def score(self, example: Example, completion: str) -> dict[str, float]:
-        """Evaluation metrics of one completion; must include ``accuracy`` in [0, 1]."""
+        """Evaluation metrics of one completion; must include ``accuracy`` in [0, 1] (NaN for a
+        task without right answers, e.g. sampling a Boltzmann distribution)."""
 
     def encode(self, example: Example, policy: MaskedDiffusionPolicy) -> list[int]:
         """Prompt token ids for ``policy`` (override for tasks without text prompts)."""
         return policy.encode_prompt(self.format_prompt(example))
+
+    @classmethod
+    def suggested_sections(cls, config: TaskConfig) -> dict[str, dict[str, Any]]:
+        """Component sections the task needs to run, e.g. a token-only model over its values and
+        a sampler of its length (``{section: {name: ..., options}}``; {} = none). ``ddrl train
+        --task NAME`` applies them in place of the recipe's, except where a flag names another
+        component; a recipe written for the task states them itself."""
+        return {}
+
+    def measure_policy(
+        self, policy: MaskedDiffusionPolicy, sampler: Sampler, seed: int
+    ) -> dict[str, float] | None:
+        """Held-out metrics of the policy's whole distribution, for tasks whose target is a
+        distribution rather than answers (energy models: ESS, log Z error, KL); the result holds
+        ``heldout_metric``. None (the default): evaluation decodes the test split and averages
+        ``score``'s accuracy."""
+        return None
 
     @classmethod
     def eval_lengths(cls, config: TaskConfig) -> list[int] | None:

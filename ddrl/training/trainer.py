@@ -55,8 +55,9 @@ class TrainResult:
     final_dir: Path
     steps: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
-    accuracy_before: float | None = None  # held-out accuracy (eval.during_training)
+    accuracy_before: float | None = None  # held-out accuracy (eval.during_training) ...
     accuracy_after: float | None = None
+    heldout_metric: str = "accuracy"  # ... or the task's own held-out metric (e.g. ess for ising)
     seconds: float = 0.0
 
 
@@ -182,11 +183,13 @@ class Trainer:
         after = self._heldout(step)
         result = self._finish(step)
         result.accuracy_before, result.accuracy_after = before, after
+        result.heldout_metric = self.task.heldout_metric
         result.seconds = time.perf_counter() - start
         return result
 
     def _heldout(self, step: int) -> float | None:
-        """Greedy held-out accuracy at ``eval.lengths[0]`` (main process), logged at ``step``."""
+        """Greedy held-out accuracy at ``eval.lengths[0]`` (main process), logged at ``step``; for a
+        task that measures the policy itself (``Task.measure_policy``), its ``heldout_metric``."""
         ec = self.cfg.eval
         if not ec.during_training:
             return None
@@ -194,14 +197,26 @@ class Trainer:
         if self.accelerator.is_main_process:
             from ddrl.evaluation.evaluate import evaluate
 
-            length = self.sampler.completion_length if not ec.lengths else ec.lengths[0]
-            result = evaluate(self.policy, self.task, length, ec, seed=ec.seeds[0] if ec.seeds else 0)
-            accuracy = result.accuracy
-            self.logger.log(step, {"eval_accuracy": accuracy, "eval_length": length, "eval_examples": result.num_examples})
-            if self.cfg.logging.progress:
-                self.console.print(f"held-out accuracy at step {step}: {accuracy:.3f} ({result.num_examples} examples, L={length})")
+            measured = self.task.measure_policy(self.policy, self.sampler, ec.seeds[0] if ec.seeds else 0)
+            if measured is not None:
+                accuracy = self._log_measured(step, measured)
+            else:
+                length = self.sampler.completion_length if not ec.lengths else ec.lengths[0]
+                result = evaluate(self.policy, self.task, length, ec, seed=ec.seeds[0] if ec.seeds else 0)
+                accuracy = result.accuracy
+                self.logger.log(step, {"eval_accuracy": accuracy, "eval_length": length, "eval_examples": result.num_examples})
+                if self.cfg.logging.progress:
+                    self.console.print(f"held-out accuracy at step {step}: {accuracy:.3f} ({result.num_examples} examples, L={length})")
         self.accelerator.wait_for_everyone()
         return accuracy
+
+    def _log_measured(self, step: int, measured: dict[str, float]) -> float:
+        name = self.task.heldout_metric
+        self.logger.log(step, {f"eval_{k}": v for k, v in measured.items()})
+        if self.cfg.logging.progress:
+            rest = ", ".join(f"{k} {v:.4g}" for k, v in measured.items() if k != name)
+            self.console.print(f"held-out {name} at step {step}: {measured[name]:.3f} ({rest})")
+        return measured[name]
 
     def _restore(self) -> int:
         if not self.resume:
