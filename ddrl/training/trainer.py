@@ -143,7 +143,12 @@ class Trainer:
             policy.set_gradient_checkpointing(True)
         self.ref = None
         if self.objective.needs_reference:
-            self.ref = copy.deepcopy(policy).eval().requires_grad_(False).to(self.device)
+            if getattr(policy, "lora_enabled", False):
+                # the published reference: the base weights, i.e. the policy with adapters off
+                # (a view sharing the policy's memory instead of a second copy of an 8B model)
+                self.ref = policy.reference_view()
+            else:
+                self.ref = copy.deepcopy(policy).eval().requires_grad_(False).to(self.device)
         optimizer = build_optimizer(policy.parameters(), cfg.train)
         self.wrapped, self.optimizer = self.accelerator.prepare(policy.to(self.device), optimizer)
         self.policy = self.accelerator.unwrap_model(self.wrapped)
