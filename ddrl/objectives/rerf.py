@@ -1,0 +1,76 @@
+"""`rerf`: REINFORCE on the reverse KL between path measures, KL(p_theta || p*) (a loss MDNS compares).
+
+MDNS (arXiv 2508.10684, design §2.3) compares WDCE with plain REINFORCE on the reverse KL. With F
+as in ``objectives.path``, E_{p_theta}[F] = KL(p_theta || p*) - log Z over the joint law of
+(sigma, x), and the score-function identity gives
+
+    grad KL = E_{(sigma, x) ~ p_theta} [ (F_theta(x, sigma) - b) grad log p_theta(x; sigma) ]
+
+for any baseline b that does not depend on the sample itself (E[grad log p_theta] = 0). Rollouts
+come from p_old; rho = p_theta(x; sigma) / p_old(x; sigma) (detached; 1 at the first inner
+iteration) keeps the estimate unbiased when a batch is reused. The surrogate, per group g,
+
+    sum_{i in g} stopgrad(rho_i (F_i - b_i)) * F_theta(x_i, sigma_i) / N_g,
+
+has that gradient (grad F_theta = grad log p_theta; F_i inside the stop-gradient is taken at the
+current weights, b_i at rollout time). Baselines: ``leave_one_out`` (mean of the
+other rows' F at rollout time: unbiased, the default), ``mean`` (the group mean, row included:
+on-policy the gradient is then exactly half that of `log_variance`), ``none``.
+Unlike WDCE this is mode-seeking: on a symmetric two-mode target it may settle on one mode.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict
+from torch import Tensor
+
+from ddrl.objectives.base import ObjectiveContext, ObjectiveOutput, RolloutBatch
+from ddrl.objectives.groups import group_mean, group_size, leave_one_out_mean
+from ddrl.objectives.path import PathObjective, PathObjectiveConfig, path_log_ratio
+
+
+class RERFConfig(PathObjectiveConfig):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "rerf"
+    baseline: Literal["leave_one_out", "mean", "none"] = "leave_one_out"
+
+
+def rerf_loss(log_ratio: Tensor, baseline: Tensor, ratio: Tensor, group_sizes: Tensor) -> Tensor:
+    """sum_i stopgrad(rho_i (F_i - b_i)) F_i / N_i: F = ``log_ratio [B]`` (with gradient),
+    b = ``baseline [B]``, rho = p_theta / p_old along the path (``ratio [B]``), N = ``group_sizes [B]``."""
+    return ((ratio * (log_ratio - baseline)).detach() * log_ratio / group_sizes).sum()
+
+
+def rerf_baseline(log_ratio: Tensor, group_ids: Tensor, kind: str) -> Tensor:
+    """``[B]`` b per row from the rollout-time F (``log_ratio [B]``)."""
+    if kind == "leave_one_out":
+        return leave_one_out_mean(log_ratio, group_ids)
+    if kind == "mean":
+        return group_mean(log_ratio, group_ids)
+    return log_ratio.new_zeros(log_ratio.shape)
+
+
+class RERF(PathObjective):
+    Config = RERFConfig
+    config: RERFConfig
+
+    def weigh(self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext) -> dict[str, Any]:
+        f_old = path_log_ratio(prepared["lp_old"], prepared["log_target"])
+        (g_f, g_ids), local = ctx.gather_groups(f_old, rollout.group_ids)
+        out = dict(prepared)
+        out["baseline"] = rerf_baseline(g_f, g_ids, self.config.baseline)[local]
+        out["group_size"] = group_size(g_ids)[local]
+        out["metrics"] = self.path_metrics(g_f, g_ids)
+        return out
+
+    def loss(
+        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
+    ) -> ObjectiveOutput:
+        log_q = self.path_log_probs(rollout, prepared, ctx).double()
+        ratio = (log_q.detach() - prepared["lp_old"]).exp()
+        f = path_log_ratio(log_q, prepared["log_target"])
+        loss = rerf_loss(f, prepared["baseline"], ratio, prepared["group_size"]).float()
+        return ObjectiveOutput(loss, {"rerf_surrogate": loss.item(), "path_ratio_mean": ratio.mean().item()})
