@@ -105,6 +105,29 @@ def rollouts_to_reach(runs: list[dict[str, Any]], level: float) -> int | None:
     return None
 
 
+def plot_curves(runs: list[dict[str, Any]], path: Path) -> None:
+    """Seed-averaged held-out accuracy against completions, one line per (task, objective)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in runs})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for objective in dict.fromkeys(r["objective"] for r in runs if r["task"] == task):
+            group = [r for r in runs if r["task"] == task and r["objective"] == objective]
+            xs = [p["completions"] for p in group[0]["curve"]]
+            ys = [100 * statistics.mean(r["curve"][i]["accuracy"] for r in group) for i in range(len(xs))]
+            ax.plot(xs, ys, marker="o", markersize=3, label=f"{objective} ({len(group)} seeds)")
+        ax.set(title=f"tiny {task}", xlabel="completions used", ylabel="held-out greedy accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -114,7 +137,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--out", type=Path, default=Path("docs/figures/objectives_tiny.json"))
+    parser.add_argument("--plot", nargs="+", type=Path, default=None,
+                        help="only draw the curves of earlier runs' JSON files into --out's .png")
     args = parser.parse_args()
+    if args.plot:
+        plot_curves([r for f in args.plot for r in json.loads(f.read_text())], args.out.with_suffix(".png"))
+        print(f"wrote {args.out.with_suffix('.png')}")
+        return
     tasks = args.tasks or (["countdown"] if args.quick else list(TASKS))
     objectives = args.objectives or ["dmpo", "diffu_grpo", "coupled_grpo", *installed_plugins()]
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -151,7 +180,9 @@ def main() -> None:
                   f"{need if need is not None else 'more than ' + str(steps * 32)} completions (of {steps * 32})")
         summary += [f"{task}_{o}={base_final[o]:.3f}" for o in objectives]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_name(args.out.stem + ("_quick" if args.quick else "") + ".json").write_text(json.dumps(runs, indent=1))
+    stem = args.out.with_name(args.out.stem + ("_quick" if args.quick else ""))
+    stem.with_suffix(".json").write_text(json.dumps(runs, indent=1))
+    plot_curves(runs, stem.with_suffix(".png"))
     print("result: " + " ".join(summary))
 
 
