@@ -69,7 +69,8 @@ def recipe(objective: str, target: str, steps: int, args: argparse.Namespace, ou
         "model": {
             "name": "tiny", "charset": None, "seed": args.seed,
             "architecture": {"vocab_size": 3, "d_model": args.d_model, "n_layers": args.n_layers, "n_heads": 4,
-                             "ffn_hidden": 2 * args.d_model, "max_seq_len": n},
+                             "ffn_hidden": 2 * args.d_model, "max_seq_len": n,
+                             "absolute_positions": args.positions == "absolute"},
         },
         "task": {"name": "ising", **TARGETS[target]},
         "sampler": {"name": "ancestral", "max_completion_length": n, "temperature": 1.0},
@@ -81,6 +82,7 @@ def recipe(objective: str, target: str, steps: int, args: argparse.Namespace, ou
             "per_device_train_batch_size": args.batch, "num_generations": args.batch,
             "num_iterations": args.reuse, "save_steps": args.reuse * steps,
         },
+        "eval": {"during_training": False},  # measured here (Curve), outside the timed training
         "logging": {"report_to": ["jsonl"], "progress": False},
     }
 
@@ -92,26 +94,34 @@ class Curve:
     def __init__(self, lattice: SpinLattice, every: int, samples: int) -> None:
         self.lattice, self.every, self.samples = lattice, every, samples
         self.points: list[dict[str, float]] = []
-        self.start = time.perf_counter()
-        self.measuring = 0.0
+        self.restart()
+
+    def restart(self) -> None:
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+        self.measuring = self.cpu_measuring = 0.0
 
     def __call__(self, trainer: Trainer, step: int) -> dict[str, float] | None:
         tc = trainer.cfg.train
         if step % self.every and step != tc.max_steps:
             return None
-        begin = time.perf_counter()
+        begin, cpu_begin = time.perf_counter(), time.process_time()
         gen = torch.Generator().manual_seed(step)
         m = sample_metrics(self.lattice, sample_policy(trainer.policy, trainer.sampler, self.samples, generator=gen))
         self.measuring += time.perf_counter() - begin
+        self.cpu_measuring += time.process_time() - cpu_begin
         point = {"step": step, "samples": -(-step // tc.num_iterations) * tc.per_device_train_batch_size,
                  "ess": m["ess"], "log_z_error": m["log_z_error"], "kl_path": m["kl_path"],
-                 "seconds": self.elapsed()}
+                 "seconds": self.elapsed(), "cpu_seconds": self.cpu_elapsed()}
         self.points.append(point)
         print(f"  step {step}: ESS {m['ess']:.3f}  kl_path {m['kl_path']:.4f}  ({point['seconds']:.0f} s)", flush=True)
         return {"curve_ess": m["ess"], "curve_kl_path": m["kl_path"]}
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start - self.measuring
+
+    def cpu_elapsed(self) -> float:
+        """CPU seconds of this process (all its threads) spent training, measurement left out."""
+        return time.process_time() - self.cpu_start - self.cpu_measuring
 
 
 def run(objective: str, target: str, steps: int, args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
@@ -120,12 +130,13 @@ def run(objective: str, target: str, steps: int, args: argparse.Namespace, regis
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(build_config(recipe(objective, target, steps, args, Path(tmp) / "run")), registry,
                           callbacks=[curve])
-        curve.start = time.perf_counter()
+        curve.restart()
         trainer.train()
-        seconds = curve.elapsed()
+        seconds, cpu_seconds = curve.elapsed(), curve.cpu_elapsed()
         gen = torch.Generator().manual_seed(10_000 + args.seed)
         sample = sample_policy(trainer.policy, trainer.sampler, args.eval_samples, generator=gen)
     return {"objective": objective, "target": target, "steps": steps, "train_seconds": seconds,
+            "train_cpu_seconds": cpu_seconds,
             "rollout_samples": -(-steps // args.reuse) * args.batch, "metrics": sample_metrics(lattice, sample),
             "curve": curve.points}
 
@@ -147,20 +158,21 @@ def table(results: list[dict[str, Any]], floors: dict[str, dict[str, float]], n_
         "kl_path = mean log p_θ(x;σ) − log p*(x) ≥ KL(p_θ‖p*)",
         "",
         "| target | objective | steps | rollout samples | ESS | abs log Z error | kl_path | KL(p̂‖p*) | TV | "
-        "mode balance | E/site | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "mode balance | E/site | train s | train CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         m = r["metrics"]
         lines.append(
             f"| {r['target']} | {r['objective']} | {r['steps']} | {r['rollout_samples']} | {m['ess']:.3f} | "
             f"{m['log_z_error']:.1e} | {m['kl_path']:.3f} | {m['kl_hist']:.3f} | {m['tv_hist']:.3f} | "
-            f"{m['mode_balance']:.3f} | {m['energy_per_site']:.3f} | {r['train_seconds']:.0f} |"
+            f"{m['mode_balance']:.3f} | {m['energy_per_site']:.3f} | {r['train_seconds']:.0f} | "
+            f"{r['train_cpu_seconds']:.0f} |"
         )
     for target, m in floors.items():
         lines.append(
             f"| {target} | {n_eval} exact draws of p* (floor) | - | - | 1 | 0 | 0 | {m['kl_hist']:.3f} | "
-            f"{m['tv_hist']:.3f} | {m['mode_balance']:.3f} | {m['exact_energy_per_site']:.3f} (exact) | - |"
+            f"{m['tv_hist']:.3f} | {m['mode_balance']:.3f} | {m['exact_energy_per_site']:.3f} (exact) | - | - |"
         )
     text = "\n".join(lines)
     print(text, flush=True)
@@ -207,6 +219,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--n-layers", type=int, default=2)
+    parser.add_argument("--positions", choices=["absolute", "rotary"], default="absolute",
+                        help="absolute: learned per-site embeddings on top of rotary phases (rotary alone "
+                        "cannot tell which sites neighbour across a row's end)")
     parser.add_argument("--every", type=int, default=None)
     parser.add_argument("--curve-samples", type=int, default=None)
     parser.add_argument("--eval-samples", type=int, default=None)
@@ -230,7 +245,8 @@ def main() -> None:
         results.append(r)
         m = r["metrics"]
         print(f"  -> ESS {m['ess']:.3f}  log Z err {m['log_z_error']:.1e}  kl_path {m['kl_path']:.3f}  "
-              f"KL(p̂||p*) {m['kl_hist']:.3f}  mode balance {m['mode_balance']:.3f}  ({r['train_seconds']:.0f} s)",
+              f"KL(p̂||p*) {m['kl_hist']:.3f}  mode balance {m['mode_balance']:.3f}  ({r['train_seconds']:.0f} s, "
+              f"{r['train_cpu_seconds'] / 60:.1f} CPU min)",
               flush=True)
     floors = {t: floor(t, args.eval_samples) for t in targets}
     text = table(results, floors, args.eval_samples)

@@ -322,6 +322,7 @@ def test_lattice_tasks_need_a_token_only_policy_of_q_plus_one_tokens(char_policy
 def test_lattice_tasks_suggest_the_components_they_need():
     sections = IsingTask.suggested_sections(IsingConfig(L=3))
     assert sections["model"]["charset"] is None and sections["model"]["architecture"]["vocab_size"] == 3
+    assert sections["model"]["architecture"]["absolute_positions"] is True
     assert sections["sampler"] == {"name": "ancestral", "max_completion_length": 9, "block_length": None,
                                    "temperature": 1.0}
     assert sections["objective"]["reference"] == "uniform" and sections["objective"]["alpha"] == 1.0

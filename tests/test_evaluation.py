@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -16,6 +17,8 @@ from ddrl.evaluation.records import ResultStore
 from ddrl.models.char_tokenizer import CharTokenizer
 from ddrl.models.tiny import TinyArchitecture, TinyPolicy
 from ddrl.tasks.countdown import CountdownConfig, CountdownTask
+from ddrl.tasks.lattice import IsingConfig, IsingTask
+from ddrl.training.seeding import derive_seed
 
 SMALL_ARCH = TinyArchitecture(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64)
 
@@ -102,3 +105,52 @@ def test_eval_then_leaderboard_from_the_cli(tmp_path):
 def test_leaderboard_without_records_says_what_to_do(tmp_path):
     result = CliRunner().invoke(app, ["leaderboard", "--results", str(tmp_path / "none.jsonl")])
     assert result.exit_code == 2 and "ddrl eval" in result.output
+
+
+def lattice_policy() -> TinyPolicy:
+    arch = TinyArchitecture(vocab_size=3, d_model=16, n_layers=1, n_heads=2, ffn_hidden=32, max_seq_len=8,
+                            init_std=0.3, absolute_positions=True)
+    return TinyPolicy.fresh(arch, None, seed=0).eval()
+
+
+def test_a_measured_task_reports_its_own_metric_from_its_own_sampler_at_its_own_length():
+    task = IsingTask(IsingConfig(L=2, eval_samples=300))
+    policy = lattice_policy()
+    result = evaluate(policy, task, 4, EvalConfig(), seed=1)
+    assert result.metric == "ess" and math.isnan(result.accuracy) and 0 < result.value < 1
+    assert result.value == result.metrics["ess"] and "log_z_error" in result.metrics and "kl_hist" in result.metrics
+    assert result.num_examples == 300 and result.nfe == 4  # one batch, one site per step
+    assert result.metrics == task.measure_policy(policy, None, derive_seed(1, "eval"))  # the task's exact sampler
+    assert evaluate(policy, task, 4, EvalConfig(), seed=2).value != result.value
+    with pytest.raises(ValueError, match="measured at length 4"):
+        evaluate(policy, task, 128, EvalConfig(), seed=1)
+
+
+def test_leaderboard_shows_a_measured_metric_as_it_is_in_a_column_of_its_own():
+    def rec(objective, value, seed):
+        return {"label": "tiny", "model": "tiny", "objective": objective, "task": "ising", "length": 16, "steps": 16,
+                "seed": seed, "accuracy": math.nan, "metric": "ess", "value": value}
+
+    board = build_leaderboard([rec("dmpo", 0.95, 0), rec("dmpo", 0.97, 1), rec("rerf", 0.6, 0)])
+    assert board.columns == ["ising L=16 s=L ess"]
+    assert board.best["ising L=16 s=L ess"] == "tiny / dmpo"
+    md = board.markdown()
+    assert "**0.960 ± 0.014**" in md and "| 0.600 |" in md
+
+
+def test_eval_of_an_ising_model_from_the_cli_records_the_ess(tmp_path):
+    lattice_policy().save_pretrained(tmp_path / "sampler")
+    results = tmp_path / "results.jsonl"
+    args = ["eval", str(tmp_path / "sampler"), "--task", "ising", "--set", "task.L=2", "--set", "task.eval_samples=64",
+            "--results", str(results)]
+    runner = CliRunner()
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "ess 0." in result.output and "log_z_error" in result.output
+    (record,) = [json.loads(line) for line in results.read_text().splitlines()]
+    assert record["metric"] == "ess" and record["length"] == 4 and 0 < record["value"] <= 1
+    board = runner.invoke(app, ["leaderboard", "--results", str(results)], env={"COLUMNS": "200"})
+    assert board.exit_code == 0, board.output
+    assert "ising L=4 s=L ess" in (tmp_path / "leaderboard.md").read_text()
+    wrong = runner.invoke(app, [*args, "--length", "128", "--redo"], env={"COLUMNS": "200"})
+    assert wrong.exit_code == 2 and "measured at length 4" in wrong.output

@@ -113,3 +113,51 @@ def test_sequences_longer_than_the_context_are_rejected():
     policy = TinyPolicy.fresh(TinyArchitecture(d_model=16, n_layers=1, n_heads=2, ffn_hidden=32, max_seq_len=8), CharTokenizer())
     with pytest.raises(ValueError, match="max_seq_len"):
         policy.logits(torch.zeros(1, 9, dtype=torch.long))
+
+
+def absolute_policy(init_std: float = 0.2) -> TinyPolicy:
+    arch = TinyArchitecture(d_model=48, n_layers=2, n_heads=2, ffn_hidden=96, init_std=init_std, absolute_positions=True)
+    return TinyPolicy.fresh(arch, CharTokenizer(), seed=3).eval()
+
+
+def test_absolute_positions_add_one_learned_embedding_per_position_to_the_rotary_model(char_policy):
+    policy = absolute_policy()
+    assert policy.net.embed_positions.weight.shape == (char_policy.arch.max_seq_len, 48)
+    ids = torch.tensor([policy.encode_prompt("where am I?")])
+    with torch.no_grad():
+        policy.net.embed_positions.weight.zero_()  # zero offsets: exactly the rotary-only network
+        state = {k: v for k, v in policy.net.state_dict().items() if not k.startswith("embed_positions")}
+        char_policy_copy = TinyPolicy.fresh(char_policy.arch, CharTokenizer(), seed=0)
+        char_policy_copy.net.load_state_dict(state)
+        assert torch.equal(policy.logits(ids), char_policy_copy.eval().logits(ids))
+        policy.net.embed_positions.weight[3].fill_(0.5)  # a change at position 3 reaches the logits
+        assert not torch.allclose(policy.logits(ids), char_policy_copy.logits(ids))
+
+
+def test_absolute_positions_count_real_tokens_under_left_padding_and_in_cached_windows(tmp_path):
+    policy = absolute_policy()
+    texts = ["a", "abc de", "0123456789"]
+    ids, mask = left_pad([policy.encode_prompt(t) for t in texts], policy.pad_token_id)
+    with torch.no_grad():
+        batched = policy.logits(ids, mask)
+        for row, text in enumerate(texts):
+            alone = policy.logits(torch.tensor([policy.encode_prompt(text)]))
+            n = alone.shape[1]
+            torch.testing.assert_close(batched[row, -n:], alone[0], atol=1e-5, rtol=1e-5)
+        full, cache = policy.forward_cache(ids, mask)
+        window = policy.forward_window(ids[:, 4:8], 4, cache, mask)  # dual layout: the cache covers the canvas
+        torch.testing.assert_close(window, full[:, 4:8], atol=1e-5, rtol=1e-5)
+    policy.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["absolute_positions"] is True
+    loaded = TinyPolicy.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(ids, mask), policy.logits(ids, mask))
+
+
+def test_a_model_saved_before_absolute_positions_existed_still_loads(char_policy, tmp_path):
+    char_policy.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["absolute_positions"]  # the config.json of earlier ddrl versions
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = TinyPolicy.from_pretrained(tmp_path)
+    assert loaded.arch.absolute_positions is False and loaded.net.embed_positions is None

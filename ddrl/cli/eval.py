@@ -18,6 +18,7 @@ from ddrl.evaluation.evaluate import evaluate
 from ddrl.evaluation.policies import PolicySpec, resolve_policy
 from ddrl.evaluation.records import RecordKey, ResultStore, task_id
 from ddrl.registry import Registry, RegistryError
+from ddrl.tasks.base import Task
 
 
 def eval_command(
@@ -69,7 +70,11 @@ def _run_one(console, store, done, spec, policy, task_obj, tid, eval_cfg, length
         job = bar.add_task("eval", total=n)
         result = evaluate(policy, task_obj, length, eval_cfg, seed, on_batch=lambda k: bar.advance(job, k))
     store.append(_record(spec, task_obj, tid, eval_cfg, result, revision))
-    console.print(f"  accuracy {result.accuracy:.3f} | NFE {result.nfe} | {result.tokens_per_second:.0f} tok/s")
+    if result.metric == "accuracy":
+        console.print(f"  accuracy {result.accuracy:.3f} | NFE {result.nfe} | {result.tokens_per_second:.0f} tok/s")
+    else:
+        rest = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if k not in (result.metric, "nfe"))
+        console.print(f"  {result.metric} {result.value:.4f} | NFE {result.nfe} | {rest}")
 
 
 def _record(spec: PolicySpec, task_obj: Any, tid: str, eval_cfg: EvalConfig, result: Any, revision: str | None) -> dict:
@@ -79,7 +84,8 @@ def _record(spec: PolicySpec, task_obj: Any, tid: str, eval_cfg: EvalConfig, res
         "task": task_obj.config.name, "task_variant": task_cfg.get("variant"), "task_id": tid,
         "split": eval_cfg.split, "length": result.length, "block_length": result.block_length,
         "steps": result.steps, "seed": result.seed, "num_examples": result.num_examples,
-        "accuracy": result.accuracy, "metrics": result.metrics, "nfe": result.nfe,
+        "accuracy": result.accuracy, "metric": result.metric, "value": result.value,
+        "metrics": result.metrics, "nfe": result.nfe,
         "tokens_per_second": result.tokens_per_second, "wall_seconds": result.seconds,
         "config": {"model": spec.model, "task": task_cfg, "eval": eval_cfg.model_dump(mode="json")},
         "git_revision": revision, "ddrl_version": ddrl.__version__,
@@ -100,7 +106,14 @@ def _plan(policies, tasks, lengths, seeds, model_name, base, overrides, registry
             task_overrides = [o for o in overrides if o.startswith("task.")]
             cfg = build_config(raw, task_overrides, registry, sections=["task"])
             task_cls = registry.get("tasks", name)
-            default_lengths = getattr(task_cls, "eval_lengths", lambda c: None)(cfg.task) or base.eval.lengths
+            own_lengths = getattr(task_cls, "eval_lengths", lambda c: None)(cfg.task)
+            default_lengths = own_lengths or base.eval.lengths
+            measured = getattr(task_cls, "measure_policy", None) is not getattr(Task, "measure_policy")
+            if lengths and own_lengths and measured and set(lengths) - set(own_lengths):
+                raise ConfigError(
+                    f"task {name!r} is measured at length {', '.join(map(str, own_lengths))} (its own sampler "
+                    f"draws whole configurations); drop --length or give that one"
+                )
             jobs.append((spec, cfg.task, base.eval, list(lengths or default_lengths), list(seeds or base.eval.seeds)))
     return jobs
 

@@ -39,6 +39,7 @@ class LatticeSample:
 
     states: Tensor
     path_log_probs: Tensor | None
+    nfe: int = 0  # forward passes of the policy that drew them
 
 
 @torch.no_grad()
@@ -53,6 +54,7 @@ def sample_policy(
     """``num_samples`` completions of the empty prompt, ``batch_size`` at a time."""
     exact = "exact_path" in sampler.records and "token_logprobs" in sampler.records
     states, log_probs = [], []
+    nfe = 0
     was_training = policy.training
     policy.eval()
     try:
@@ -61,12 +63,13 @@ def sample_policy(
             prompt = torch.zeros((b, 0), dtype=torch.long, device=policy.device)
             out = sampler.sample(policy, prompt, generator=generator)
             states.append(out.completion_ids.cpu())
+            nfe += out.nfe
             if exact and out.path_logprob is not None:
                 log_probs.append(out.path_logprob.double().cpu())
     finally:
         policy.train(was_training)
     path = torch.cat(log_probs) if exact and log_probs else None
-    return LatticeSample(torch.cat(states), path)
+    return LatticeSample(torch.cat(states), path, nfe)
 
 
 def sample_metrics(lattice: SpinLattice, sample: LatticeSample, exact: bool | None = None) -> dict[str, float]:

@@ -2,7 +2,8 @@
 
 Rows are model x objective, columns are task x generation length, cells are mean ± std of the
 accuracy over seeds (in %), the best cell of each column is marked. The step convention is part of
-the column: d1's steps = length/2 and DMPO's steps = length never share a column unmarked.
+the column: d1's steps = length/2 and DMPO's steps = length never share a column unmarked. A
+measured task's column names its metric (``ising L=16 s=L ess``) and shows the raw value.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ class Cell:
     mean: float
     std: float
     n: int
+    percent: bool = True  # accuracy in %; a measured metric (ESS) as it is
 
     def text(self) -> str:
+        if not self.percent:
+            return f"{self.mean:.3f}" + (f" ± {self.std:.3f}" if self.n > 1 else "")
         return f"{100 * self.mean:.1f}" + (f" ± {100 * self.std:.1f}" if self.n > 1 else "")
 
 
@@ -65,18 +69,28 @@ def column_label(record: dict[str, Any]) -> str:
     convention = "s=L" if steps == record["length"] else ("s=L/2" if 2 * steps == record["length"] else f"s={steps}")
     variant = record.get("task_variant")
     task = record["task"] + (f"[{variant}]" if variant else "")
-    return f"{task} L={record['length']} {convention}"
+    metric = record.get("metric", "accuracy")
+    return f"{task} L={record['length']} {convention}" + ("" if metric == "accuracy" else f" {metric}")
+
+
+def record_value(record: dict[str, Any]) -> float:
+    """The record's headline: accuracy, or its measured metric (``metric``/``value``)."""
+    return float(record["accuracy"] if record.get("metric", "accuracy") == "accuracy" else record["value"])
 
 
 def build_leaderboard(records: Iterable[dict[str, Any]]) -> Leaderboard:
     """Aggregate records (one per seed) into the table."""
     groups: dict[tuple[str, str], list[float]] = {}
+    measured: set[str] = set()
     for r in records:
-        groups.setdefault((row_label(r), column_label(r)), []).append(float(r["accuracy"]))
+        groups.setdefault((row_label(r), column_label(r)), []).append(record_value(r))
+        if r.get("metric", "accuracy") != "accuracy":
+            measured.add(column_label(r))
     rows = sorted({k[0] for k in groups})
     columns = sorted({k[1] for k in groups}, key=_column_order)
     cells = {
-        k: Cell(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v)) for k, v in groups.items()
+        k: Cell(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v), k[1] not in measured)
+        for k, v in groups.items()
     }
     best = {}
     for col in columns:
@@ -87,5 +101,6 @@ def build_leaderboard(records: Iterable[dict[str, Any]]) -> Leaderboard:
 
 
 def _column_order(label: str) -> tuple:
-    task, length, convention = label.rsplit(" ", 2)
-    return (task, int(length.split("=")[1]), convention)
+    words = label.split(" ")
+    at = next(i for i, w in enumerate(words) if w.startswith("L="))
+    return (" ".join(words[:at]), int(words[at].split("=")[1]), " ".join(words[at + 1 :]))

@@ -50,6 +50,12 @@ class TinyArchitecture(BaseModel):
     ffn_hidden: int = Field(704, ge=8)
     max_seq_len: int = Field(1024, ge=8)
     rope_theta: float = Field(10000.0, gt=0)
+    absolute_positions: bool = Field(
+        False,
+        description="also add a learned embedding of each absolute position (max_seq_len of them): for "
+        "fixed layouts such as lattice sites, where rotary phases (relative offsets only) cannot tell "
+        "which sites neighbour across a row's end",
+    )
     norm_eps: float = Field(1e-5, gt=0)
     init_std: float = Field(0.02, gt=0)
 
@@ -161,6 +167,7 @@ class TinyTransformer(nn.Module):
         super().__init__()
         self.arch = arch
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.d_model)
+        self.embed_positions = nn.Embedding(arch.max_seq_len, arch.d_model) if arch.absolute_positions else None
         self.layers = nn.ModuleList(Block(arch) for _ in range(arch.n_layers))
         self.norm = RMSNorm(arch.d_model, arch.norm_eps)
         self.lm_head = nn.Linear(arch.d_model, arch.vocab_size, bias=False)
@@ -181,7 +188,7 @@ class TinyTransformer(nn.Module):
         b, t = input_ids.shape
         positions, key_mask = self._positions(b, t, attention_mask, input_ids.device)
         cos, sin = rotary(positions, self.arch.d_model // self.arch.n_heads, self.arch.rope_theta)
-        x = self.embed_tokens(input_ids)
+        x = self._embed(input_ids, positions)
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, key_mask, use_reentrant=False)
@@ -201,7 +208,7 @@ class TinyTransformer(nn.Module):
             cache.values.append(v)
             return k, v
 
-        x = self.embed_tokens(input_ids)
+        x = self._embed(input_ids, positions)
         for layer in self.layers:
             x = layer(x, cos, sin, key_mask, keep)
         return self.lm_head(self.norm(x)), cache
@@ -219,11 +226,18 @@ class TinyTransformer(nn.Module):
         positions, key_mask = self._positions(b, t, attention_mask, window_ids.device)
         positions = positions[:, start : start + s]  # rotary phases of the whole canvas
         cos, sin = rotary(positions, self.arch.d_model // self.arch.n_heads, self.arch.rope_theta)
-        x = self.embed_tokens(window_ids)
+        x = self._embed(window_ids, positions)
         for layer, k_cached, v_cached in zip(self.layers, cache.keys, cache.values):
             hook = _splicer(k_cached, v_cached, start)
             x = layer(x, cos, sin, key_mask, hook)
         return self.lm_head(self.norm(x))
+
+    def _embed(self, input_ids: Tensor, positions: Tensor) -> Tensor:
+        """Token embeddings ``[B, S, D]`` (+ the absolute-position ones of ``positions [B, S]``)."""
+        x = self.embed_tokens(input_ids)
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(positions)
+        return x
 
     def _positions(
         self, b: int, t: int, attention_mask: Tensor | None, device: torch.device

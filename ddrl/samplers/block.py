@@ -22,7 +22,7 @@ from torch import Tensor
 from ddrl.batch import SequenceBatch
 from ddrl.models.base import MaskedDiffusionPolicy
 from ddrl.samplers.base import Sampler, SampleOutput, SamplerConfig, check_prompts, gumbel_argmax
-from ddrl.samplers.schedule import num_transfer_tokens, top_per_row
+from ddrl.samplers.schedule import num_transfer_tokens, record_reveal, top_per_row
 
 
 class BlockSamplerConfig(SamplerConfig):
@@ -104,10 +104,10 @@ class BlockSampler(Sampler):
                                             generator=generator)
                 confidence = torch.where(masked[:, lo:hi], confidence, -torch.inf)
                 reveal = top_per_row(confidence, schedule[:, i])  # (B, Lb)
-                _record(reveal, candidate, logits, token_lp[:, lo:hi], unmask_step[:, lo:hi], step)
+                record_reveal(reveal, candidate, logits, token_lp[:, lo:hi], unmask_step[:, lo:hi], step)
                 for scorer, lp in zip(scorers, scorer_lp):
                     scored = scorer.logits(x, attn)[:, p + lo : p + hi]
-                    _record(reveal, candidate, scored, lp[:, lo:hi], None, step)
+                    record_reveal(reveal, candidate, scored, lp[:, lo:hi], None, step)
                     nfe += 1
                 x[:, p + lo : p + hi] = torch.where(reveal, candidate, x[:, p + lo : p + hi])
                 masked[:, lo:hi] &= ~reveal
@@ -124,15 +124,3 @@ class BlockSampler(Sampler):
         cond, uncond = both.chunk(2)
         return uncond + (self.config.cfg_scale + 1) * (cond - uncond)
 
-
-def _record(
-    reveal: Tensor, candidate: Tensor, logits: Tensor, logprobs: Tensor, unmask_step: Tensor | None, step: int
-) -> None:
-    """Write, in place, the untempered log-prob (and step) of each token revealed at this step.
-
-    All tensors cover the same block columns: ``reveal``/``candidate [B, Lb]``, ``logits [B, Lb, V]``.
-    """
-    lp = F.log_softmax(logits.float(), dim=-1).gather(-1, candidate[..., None]).squeeze(-1)
-    logprobs[reveal] = lp[reveal]
-    if unmask_step is not None:
-        unmask_step[reveal] = step

@@ -38,8 +38,7 @@ from ddrl.models.base import MaskedDiffusionPolicy, suppress_token
 from ddrl.models.cache import KVCache
 from ddrl.samplers.base import Sampler, SampleOutput, check_prompts, gumbel_argmax
 from ddrl.samplers.block import BlockSamplerConfig
-from ddrl.samplers.block import _record as record_reveal
-from ddrl.samplers.schedule import num_transfer_tokens, top_per_row
+from ddrl.samplers.schedule import num_transfer_tokens, record_reveal, top_per_row
 
 
 class FastSamplerConfig(BlockSamplerConfig):

@@ -1,8 +1,10 @@
-"""Step schedules and per-row selection shared by the block-wise samplers (design §5)."""
+"""Step schedules, per-row selection and log-prob bookkeeping shared by the block-wise samplers
+(design §5)."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -30,3 +32,16 @@ def top_per_row(confidence: Tensor, k: Tensor) -> Tensor:
     rank_taken = torch.arange(confidence.shape[1], device=confidence.device)[None, :] < k[:, None]
     chosen = torch.zeros_like(confidence, dtype=torch.bool)
     return chosen.scatter(1, order, rank_taken)
+
+
+def record_reveal(
+    reveal: Tensor, candidate: Tensor, logits: Tensor, logprobs: Tensor, unmask_step: Tensor | None, step: int
+) -> None:
+    """Write, in place, the untempered log-prob (and step) of each token revealed at this step.
+
+    All tensors cover the same block columns: ``reveal``/``candidate [B, Lb]``, ``logits [B, Lb, V]``.
+    """
+    lp = F.log_softmax(logits.float(), dim=-1).gather(-1, candidate[..., None]).squeeze(-1)
+    logprobs[reveal] = lp[reveal]
+    if unmask_step is not None:
+        unmask_step[reveal] = step

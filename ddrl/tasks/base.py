@@ -101,12 +101,13 @@ class Task(ABC):
         return {}
 
     def measure_policy(
-        self, policy: MaskedDiffusionPolicy, sampler: Sampler, seed: int
+        self, policy: MaskedDiffusionPolicy, sampler: Sampler | None, seed: int
     ) -> dict[str, float] | None:
         """Held-out metrics of the policy's whole distribution, for tasks whose target is a
         distribution rather than answers (energy models: ESS, log Z error, KL); the result holds
-        ``heldout_metric``. None (the default): evaluation decodes the test split and averages
-        ``score``'s accuracy."""
+        ``heldout_metric``. ``sampler`` is the run's (training-time evaluation) or None (``ddrl
+        eval``: the task's own). None (the default): evaluation decodes the test split and
+        averages ``score``'s accuracy."""
         return None
 
     @classmethod

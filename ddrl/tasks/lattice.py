@@ -89,7 +89,8 @@ class LatticeTask(Task):
             "model": {
                 "name": "tiny", "charset": None,
                 "architecture": {"vocab_size": q + 1, "d_model": 64, "n_layers": 2, "n_heads": 4,
-                                 "ffn_hidden": 128, "max_seq_len": max(8, n)},
+                                 "ffn_hidden": 128, "max_seq_len": max(8, n),
+                                 "absolute_positions": True},
             },
             "sampler": {"name": "ancestral", "max_completion_length": n, "block_length": None, "temperature": 1.0},
             "objective": {
@@ -132,15 +133,25 @@ class LatticeTask(Task):
             "magnetisation": float(lat.magnetisation(x)[0]),
         }
 
+    def exact_sampler(self) -> Sampler:
+        """MDNS's sampler of this lattice: ``ancestral`` at temperature 1, one site per step in a
+        uniformly random order over the whole lattice (exact path likelihoods)."""
+        from ddrl.samplers.ancestral import AncestralSampler, AncestralSamplerConfig
+
+        return AncestralSampler(AncestralSamplerConfig(max_completion_length=self.lattice.num_sites, temperature=1.0))
+
     def measure_policy(
-        self, policy: MaskedDiffusionPolicy, sampler: Sampler, seed: int
+        self, policy: MaskedDiffusionPolicy, sampler: Sampler | None, seed: int
     ) -> dict[str, float] | None:
-        """``eval_samples`` configurations from ``sampler``: ESS, log Z error, KL(p̂ || p*) ..."""
+        """``eval_samples`` configurations from ``sampler`` (None: ``exact_sampler``): ESS, log Z
+        error, KL(p̂ || p*) ... and ``nfe``, the forward passes spent."""
+        sampler = sampler if sampler is not None else self.exact_sampler()
         generator = torch.Generator(device=policy.device).manual_seed(seed)
         sample = sample_policy(policy, sampler, self.config.eval_samples, generator=generator)
-        metrics = sample_metrics(self.lattice, sample)
+        metrics = sample_metrics(self.lattice, sample, exact=self.lattice.enumerable)
         if "ess" not in metrics:
             metrics["ess"] = math.nan  # the sampler records no exact path likelihood
+        metrics["nfe"] = float(sample.nfe)
         return metrics
 
 
