@@ -124,7 +124,9 @@ class Curve:
         return time.process_time() - self.cpu_start - self.cpu_measuring
 
 
-def run(objective: str, target: str, steps: int, args: argparse.Namespace, registry: Registry) -> dict[str, Any]:
+def run(
+    objective: str, target: str, steps: int, n_eval: int, args: argparse.Namespace, registry: Registry
+) -> dict[str, Any]:
     lattice = lattice_of(target)
     curve = Curve(lattice, args.every, args.curve_samples)
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,44 +136,47 @@ def run(objective: str, target: str, steps: int, args: argparse.Namespace, regis
         trainer.train()
         seconds, cpu_seconds = curve.elapsed(), curve.cpu_elapsed()
         gen = torch.Generator().manual_seed(10_000 + args.seed)
-        sample = sample_policy(trainer.policy, trainer.sampler, args.eval_samples, generator=gen)
-    return {"objective": objective, "target": target, "steps": steps, "train_seconds": seconds,
+        sample = sample_policy(trainer.policy, trainer.sampler, n_eval, generator=gen)
+    return {"objective": objective, "target": target, "steps": steps, "eval_samples": n_eval, "train_seconds": seconds,
             "train_cpu_seconds": cpu_seconds,
             "rollout_samples": -(-steps // args.reuse) * args.batch, "metrics": sample_metrics(lattice, sample),
             "curve": curve.points}
 
 
-def floor(target: str, num_samples: int) -> dict[str, float]:
+def floor(target: str, num_samples: int) -> dict[str, Any]:
     """The histogram metrics of ``num_samples`` exact draws from p* (no model error), and the exact
     mean energy per site."""
     lattice = lattice_of(target)
     draws = lattice.exact_samples(num_samples, torch.Generator().manual_seed(0))
-    metrics = sample_metrics(lattice, LatticeSample(draws, None))
+    metrics: dict[str, Any] = sample_metrics(lattice, LatticeSample(draws, None))
     mean_energy = float((lattice.log_target().exp() * lattice.energy(lattice.states())).sum())
     metrics["exact_energy_per_site"] = mean_energy / lattice.num_sites
+    metrics["target"] = target
     return metrics
 
 
-def table(results: list[dict[str, Any]], floors: dict[str, dict[str, float]], n_eval: int) -> str:
+def table(results: list[dict[str, Any]], floors: list[dict[str, Any]]) -> str:
     lines = [
-        f"N = {n_eval} evaluation samples per run; KL(p̂‖p*) is MDNS's direction over the N-sample histogram; "
-        "kl_path = mean log p_θ(x;σ) − log p*(x) ≥ KL(p_θ‖p*)",
+        "N = evaluation samples of the row; KL(p̂‖p*) is MDNS's direction over the N-sample histogram (a "
+        "perfect sampler scores the floor rows); kl_path = mean log p_θ(x;σ) − log p*(x) ≥ KL(p_θ‖p*)",
         "",
-        "| target | objective | steps | rollout samples | ESS | abs log Z error | kl_path | KL(p̂‖p*) | TV | "
+        "| target | objective | steps | rollout samples | N | ESS | abs log Z error | kl_path | KL(p̂‖p*) | TV | "
         "mode balance | E/site | train s | train CPU s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         m = r["metrics"]
         lines.append(
-            f"| {r['target']} | {r['objective']} | {r['steps']} | {r['rollout_samples']} | {m['ess']:.3f} | "
+            f"| {r['target']} | {r['objective']} | {r['steps']} | {r['rollout_samples']} | {int(m['num_samples'])} | "
+            f"{m['ess']:.3f} | "
             f"{m['log_z_error']:.1e} | {m['kl_path']:.3f} | {m['kl_hist']:.3f} | {m['tv_hist']:.3f} | "
             f"{m['mode_balance']:.3f} | {m['energy_per_site']:.3f} | {r['train_seconds']:.0f} | "
             f"{r['train_cpu_seconds']:.0f} |"
         )
-    for target, m in floors.items():
+    for m in floors:
         lines.append(
-            f"| {target} | {n_eval} exact draws of p* (floor) | - | - | 1 | 0 | 0 | {m['kl_hist']:.3f} | "
+            f"| {m['target']} | exact draws of p* (floor) | - | - | {int(m['num_samples'])} | 1 | 0 | 0 | "
+            f"{m['kl_hist']:.3f} | "
             f"{m['tv_hist']:.3f} | {m['mode_balance']:.3f} | {m['exact_energy_per_site']:.3f} (exact) | - | - |"
         )
     text = "\n".join(lines)
@@ -206,6 +211,52 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def ceiling(positions: str, steps: int, args: argparse.Namespace) -> dict[str, Any]:
+    """What the model can learn at best: the same fresh `tiny` trained by plain denoising on exact
+    draws of the published target (no sampler, no weights), ``steps`` batches of ``args.batch``.
+    Each row reveals k ~ U{0..n-1} random sites; the loss is the mean cross-entropy of the masked
+    ones times n, i.e. the per-step loss of a uniformly random unmasking order (cosine lr)."""
+    import math
+
+    import torch.nn.functional as F
+
+    from ddrl.models.tiny import TinyConfig, TinyPolicy
+    from ddrl.samplers.ancestral import AncestralSampler, AncestralSamplerConfig
+
+    lattice = lattice_of("published")
+    n, q = lattice.num_sites, lattice.q
+    torch.manual_seed(args.seed)
+    spec = recipe("dmpo", "published", steps, args, Path("unused"))["model"]
+    spec["architecture"]["absolute_positions"] = positions == "absolute"
+    policy = TinyPolicy.from_config(TinyConfig(**spec))
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * k / steps))
+    )
+    sampler = AncestralSampler(AncestralSamplerConfig(max_completion_length=n, temperature=1.0))
+    gen = torch.Generator().manual_seed(args.seed)
+    start = time.process_time()
+    for _ in range(steps):
+        x = lattice.exact_samples(args.batch, gen)  # (B, n)
+        revealed = torch.randint(0, n, (args.batch, 1), generator=gen)
+        masked = torch.rand((args.batch, n), generator=gen).argsort(-1) >= revealed  # n - k masked per row
+        logits = policy(torch.where(masked, policy.mask_token_id, x))[..., :q]
+        ce = F.cross_entropy(logits.reshape(-1, q), x.reshape(-1), reduction="none").view(args.batch, n)
+        loss = ((ce * masked).sum(1) / masked.sum(1) * n).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    cpu = time.process_time() - start
+    sample = sample_policy(policy, sampler, args.eval_samples, generator=torch.Generator().manual_seed(10_000))
+    m = sample_metrics(lattice, sample)
+    print(f"ceiling ({positions} positions, {steps} supervised steps on exact draws): ESS {m['ess']:.3f}  "
+          f"kl_path {m['kl_path']:.4f}  ({cpu / 60:.1f} CPU min)", flush=True)
+    return {"positions": positions, "steps": steps, "train_cpu_seconds": cpu, "metrics": m}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="dmpo only, both targets, short runs")
@@ -215,18 +266,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps of every compared run")
     parser.add_argument("--long-steps", type=int, default=None, help="steps of the headline dmpo run (0: none)")
     parser.add_argument("--batch", type=int, default=256, help="rollout batch = one group")
-    parser.add_argument("--reuse", type=int, default=10, help="optimizer steps per rollout batch (MDNS: 10)")
+    parser.add_argument("--reuse", type=int, default=4,
+                        help="optimizer steps per rollout batch (MDNS: 10; 4 measured better per CPU minute)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--n-layers", type=int, default=2)
     parser.add_argument("--positions", choices=["absolute", "rotary"], default="absolute",
                         help="absolute: learned per-site embeddings on top of rotary phases (rotary alone "
                         "cannot tell which sites neighbour across a row's end)")
+    parser.add_argument("--ceiling", type=int, default=0, metavar="STEPS",
+                        help="also train the model on exact draws of p* for STEPS steps, with absolute and "
+                        "with rotary positions: the best the model can do")
     parser.add_argument("--every", type=int, default=None)
     parser.add_argument("--curve-samples", type=int, default=None)
-    parser.add_argument("--eval-samples", type=int, default=None)
+    parser.add_argument("--eval-samples", type=int, default=None, help="N of every compared run")
+    parser.add_argument("--long-eval-samples", type=int, default=2**18, help="N of the headline run")
     parser.add_argument("--out", type=Path, default=Path("docs/figures/energy"))
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="write one report (at --out) from the JSON files of earlier runs, and stop")
     args = parser.parse_args()
+    if args.merge:
+        merge(args.merge, args.out)
+        return
     args.steps = args.steps or (120 if args.quick else 400)
     args.long_steps = (0 if args.quick else 1200) if args.long_steps is None else args.long_steps
     args.every = args.every or (40 if args.quick else 100)
@@ -235,28 +296,45 @@ def main() -> None:
     objectives = args.objectives or (["dmpo"] if args.quick else list(OBJECTIVES))
     targets = args.targets or list(TARGETS)
     registry = Registry()
-    plan = [(o, t, args.steps) for t in targets for o in objectives]
+    plan = [(o, t, args.steps, args.eval_samples) for t in targets for o in objectives]
     if args.long_steps and "published" in targets:
-        plan.append(("dmpo", "published", args.long_steps))
+        plan.append(("dmpo", "published", args.long_steps, args.long_eval_samples))
     results = []
-    for objective, target, steps in plan:
+    for objective, target, steps, n_eval in plan:
         print(f"{target} / {objective} / {steps} steps", flush=True)
-        r = run(objective, target, steps, args, registry)
+        r = run(objective, target, steps, n_eval, args, registry)
+        r["headline"] = n_eval == args.long_eval_samples and steps == args.long_steps and objective == "dmpo"
         results.append(r)
         m = r["metrics"]
         print(f"  -> ESS {m['ess']:.3f}  log Z err {m['log_z_error']:.1e}  kl_path {m['kl_path']:.3f}  "
               f"KL(p̂||p*) {m['kl_hist']:.3f}  mode balance {m['mode_balance']:.3f}  ({r['train_seconds']:.0f} s, "
               f"{r['train_cpu_seconds'] / 60:.1f} CPU min)",
               flush=True)
-    floors = {t: floor(t, args.eval_samples) for t in targets}
-    text = table(results, floors, args.eval_samples)
+    ceilings = [ceiling(p, args.ceiling, args) for p in ("absolute", "rotary")] if args.ceiling else []
+    sizes = {(r["target"], r["eval_samples"]) for r in results}
+    if ceilings:
+        sizes.add(("published", args.eval_samples))
+    floors = [floor(t, n) for t, n in sorted(sizes)]
     out = args.out.with_name(args.out.name + ("_quick" if args.quick else ""))
+    report(results, floors, ceilings, out, {k: str(v) for k, v in vars(args).items()})
+
+
+def report(results: list[dict[str, Any]], floors: list[dict[str, Any]], ceilings: list[dict[str, Any]], out: Path,
+           run_args: dict[str, Any]) -> None:
+    """Table, PNG and JSON at ``out``, then the ``result:`` line."""
+    text = table(results, floors)
+    for c in ceilings:
+        m = c["metrics"]
+        text += (f"\nceiling, {c['positions']} positions: {c['steps']} supervised steps on exact draws of p* "
+                 f"(published): ESS {m['ess']:.3f}, kl_path {m['kl_path']:.4f}, KL(p̂‖p*) {m['kl_hist']:.3f} "
+                 f"({c['train_cpu_seconds'] / 60:.1f} CPU min)")
+        print(text.splitlines()[-1], flush=True)
     plot(results, out.with_suffix(".png"))
     out.with_suffix(".json").write_text(json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "published": PUBLISHED, "table": text,
-         "floors": floors, "runs": results}, indent=1))
+        {"args": run_args, "published": PUBLISHED, "table": text, "floors": floors, "runs": results, "ceilings": ceilings}, indent=1))
     dmpo = [r for r in results if r["objective"] == "dmpo"]
-    head = max((r for r in dmpo if r["target"] == "published"), key=lambda r: r["steps"], default=None)
+    head = max((r for r in dmpo if r["target"] == "published"), key=lambda r: (r.get("headline", False), r["steps"]),
+               default=None)
     crit = next((r for r in dmpo if r["target"] == "critical"), None)
     if head is not None:
         m = head["metrics"]
@@ -264,6 +342,15 @@ def main() -> None:
         print(f"result: dmpo_ess={m['ess']:.3f} dmpo_kl={m['kl_hist']:.4f} dmpo_logz_err={m['log_z_error']:.2e} "
               f"mode_balance={balance:.3f}")
 
+
+def merge(paths: list[Path], out: Path) -> None:
+    """One report from the JSON files of several runs of this script (e.g. one per target, run on
+    separate cores)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    results = [r for p in parts for r in p["runs"]]
+    floors = list({(f["target"], f["num_samples"]): f for p in parts for f in p["floors"]}.values())
+    ceilings = [c for p in parts for c in p.get("ceilings", [])]
+    report(results, floors, ceilings, out, {"merged": [str(p) for p in paths]})
 
 if __name__ == "__main__":
     main()

@@ -31,7 +31,7 @@ def leaderboard(
         console.print(f"[red]no records in {store.path}; run `ddrl eval` first[/red]")
         raise typer.Exit(2)
     board = build_leaderboard(records)
-    table = Table(title=f"accuracy (%) — {store.path}")
+    table = Table(title=f"accuracy (%), or the metric a column names — {store.path}")
     table.add_column("model / objective")
     for col in board.columns:
         table.add_column(col, justify="right")

@@ -65,9 +65,10 @@ def train(
     )
     if result.accuracy_before is not None and result.accuracy_after is not None:
         name = result.heldout_metric  # accuracy, or the task's own measure (ess for ising/potts)
+        change = result.accuracy_after - result.accuracy_before
         console.print(
             f"held-out {name}: before {result.accuracy_before:.3f} -> after {result.accuracy_after:.3f} "
-            f"({100 * (result.accuracy_after - result.accuracy_before):+.1f} points)"
+            + (f"({100 * change:+.1f} points)" if name == "accuracy" else f"({change:+.3f})")
         )
         typer.echo(
             f"result: {name}_before={result.accuracy_before:.3f} {name}_after={result.accuracy_after:.3f} "
