@@ -14,11 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import ddrl
 from ddrl.cli.common import pick_device
 from ddrl.config import ConfigError, EvalConfig, build_config
-from ddrl.evaluation.evaluate import evaluate
+from ddrl.evaluation.evaluate import evaluate, is_measured
 from ddrl.evaluation.policies import PolicySpec, resolve_policy
 from ddrl.evaluation.records import RecordKey, ResultStore, task_id
 from ddrl.registry import Registry, RegistryError
-from ddrl.tasks.base import Task
 
 
 def eval_command(
@@ -108,8 +107,7 @@ def _plan(policies, tasks, lengths, seeds, model_name, base, overrides, registry
             task_cls = registry.get("tasks", name)
             own_lengths = getattr(task_cls, "eval_lengths", lambda c: None)(cfg.task)
             default_lengths = own_lengths or base.eval.lengths
-            measured = getattr(task_cls, "measure_policy", None) is not getattr(Task, "measure_policy")
-            if lengths and own_lengths and measured and set(lengths) - set(own_lengths):
+            if lengths and own_lengths and is_measured(task_cls) and set(lengths) - set(own_lengths):
                 raise ConfigError(
                     f"task {name!r} is measured at length {', '.join(map(str, own_lengths))} (its own sampler "
                     f"draws whole configurations); drop --length or give that one"

@@ -110,7 +110,7 @@ def evaluate(
 def _measure(policy: MaskedDiffusionPolicy, task: Task, length: int, seed: int) -> dict[str, float] | None:
     """``task.measure_policy`` with the task's own sampler, after checking ``length`` (None for
     a task scored answer by answer)."""
-    if type(task).measure_policy is Task.measure_policy:
+    if not is_measured(type(task)):
         return None
     lengths = type(task).eval_lengths(task.config)
     if lengths and length not in lengths:
@@ -119,3 +119,8 @@ def _measure(policy: MaskedDiffusionPolicy, task: Task, length: int, seed: int) 
             f"sampler draws whole configurations); got --length {length}"
         )
     return task.measure_policy(policy, None, derive_seed(seed, "eval"))
+
+
+def is_measured(task_cls: type[Task]) -> bool:
+    """Whether a task class measures the policy's distribution (overrides ``measure_policy``)."""
+    return getattr(task_cls, "measure_policy", Task.measure_policy) is not Task.measure_policy
