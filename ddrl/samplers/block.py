@@ -15,14 +15,13 @@ from __future__ import annotations
 from typing import Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from pydantic import ConfigDict, Field, model_validator
 from torch import Tensor
 
 from ddrl.batch import SequenceBatch
 from ddrl.models.base import MaskedDiffusionPolicy
-from ddrl.samplers.base import Sampler, SampleOutput, SamplerConfig, check_prompts, gumbel_argmax
-from ddrl.samplers.schedule import num_transfer_tokens, record_reveal, top_per_row
+from ddrl.samplers.base import Sampler, SampleOutput, SamplerConfig, check_prompts
+from ddrl.samplers.schedule import candidates, num_transfer_tokens, record_reveal, top_per_row
 
 
 class BlockSamplerConfig(SamplerConfig):
@@ -95,14 +94,7 @@ class BlockSampler(Sampler):
                 # Only the current block competes, so only its columns are scored.
                 logits = self._logits(policy, x, attn, prompt_mask)[:, p + lo : p + hi]
                 nfe += 2 if cfg.cfg_scale > 0 else 1
-                candidate = gumbel_argmax(logits, cfg.temperature, generator)  # (B, Lb)
-                if cfg.remasking == "low_confidence":
-                    probs = F.softmax(logits.double(), dim=-1)
-                    confidence = probs.gather(-1, candidate[..., None]).squeeze(-1)
-                else:
-                    confidence = torch.rand(candidate.shape, dtype=torch.float64, device=device,
-                                            generator=generator)
-                confidence = torch.where(masked[:, lo:hi], confidence, -torch.inf)
+                candidate, confidence = candidates(logits, masked[:, lo:hi], cfg.temperature, cfg.remasking, generator)
                 reveal = top_per_row(confidence, schedule[:, i])  # (B, Lb)
                 record_reveal(reveal, candidate, logits, token_lp[:, lo:hi], unmask_step[:, lo:hi], step)
                 for scorer, lp in zip(scorers, scorer_lp):

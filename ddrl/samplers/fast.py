@@ -29,16 +29,15 @@ from dataclasses import dataclass
 from typing import Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor
 
 from ddrl.batch import SequenceBatch
 from ddrl.models.base import MaskedDiffusionPolicy, suppress_token
 from ddrl.models.cache import KVCache
-from ddrl.samplers.base import Sampler, SampleOutput, check_prompts, gumbel_argmax
+from ddrl.samplers.base import Sampler, SampleOutput, check_prompts
 from ddrl.samplers.block import BlockSamplerConfig
-from ddrl.samplers.schedule import num_transfer_tokens, record_reveal, top_per_row
+from ddrl.samplers.schedule import candidates, num_transfer_tokens, record_reveal, top_per_row
 
 
 class FastSamplerConfig(BlockSamplerConfig):
@@ -177,13 +176,7 @@ class FastSampler(Sampler):
         """Which block positions to reveal (``[B, Lb]`` bool) and the candidate tokens ``[B, Lb]``,
         from the block's logits ``[B, Lb, V]`` and its still-masked positions ``[B, Lb]``."""
         cfg = self.config
-        candidate = gumbel_argmax(logits, cfg.temperature, generator)  # (B, Lb)
-        if cfg.remasking == "low_confidence":
-            confidence = F.softmax(logits.double(), dim=-1).gather(-1, candidate[..., None]).squeeze(-1)
-        else:
-            confidence = torch.rand(candidate.shape, dtype=torch.float64, device=logits.device,
-                                    generator=generator)
-        confidence = torch.where(masked, confidence, -torch.inf)
+        candidate, confidence = candidates(logits, masked, cfg.temperature, cfg.remasking, generator)
         if cfg.threshold is None:
             return top_per_row(confidence, schedule[:, i]), candidate
         return confident_per_row(confidence, cfg.threshold), candidate

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ddrl.samplers.base import gumbel_argmax
 
 
 def num_transfer_tokens(num_masked: Tensor, steps: int) -> Tensor:
@@ -45,3 +49,23 @@ def record_reveal(
     logprobs[reveal] = lp[reveal]
     if unmask_step is not None:
         unmask_step[reveal] = step
+
+
+def candidates(
+    logits: Tensor,
+    masked: Tensor,
+    temperature: float,
+    remasking: Literal["low_confidence", "random"],
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor]:
+    """Candidate tokens ``[B, Lb]`` drawn from the block's ``logits [B, Lb, V]`` and their
+    confidence ``[B, Lb]`` (float64; ``-inf`` where ``masked`` is False, so only masked positions
+    compete): the candidate's probability (``low_confidence``) or a uniform draw (``random``).
+    The draws happen in this order (tokens, then confidences), which keeps samplers that share
+    this step token-for-token identical under one generator."""
+    candidate = gumbel_argmax(logits, temperature, generator)  # (B, Lb)
+    if remasking == "low_confidence":
+        confidence = F.softmax(logits.double(), dim=-1).gather(-1, candidate[..., None]).squeeze(-1)
+    else:
+        confidence = torch.rand(candidate.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    return candidate, torch.where(masked, confidence, -torch.inf)
