@@ -210,3 +210,19 @@ def test_masked_views_reject_scoring_an_unmasked_position():
     masked = torch.zeros(1, 1, 3, dtype=torch.bool)
     with pytest.raises(ValueError, match="scored position must be masked"):
         MaskedViews(masked, ~masked, torch.ones(1, 1, 3))
+
+
+def test_views_of_chunks_with_different_prompt_widths_concatenate_and_slice_back(token_policy):
+    """Chunks are left-padded to their own prompt width; their prompt-masking views (one_step)
+    concatenate into the padded batch and each chunk's slice still scores exactly as drawn."""
+    est = OneStepEstimator(OneStepConfig(p_mask_prompt=0.5))
+    wide = SequenceBatch.from_parts(torch.tensor([[0, 1, 2], [2, 2, 1]]), torch.tensor([[1, 0], [0, 2]]))
+    narrow = SequenceBatch.from_parts(torch.tensor([[1], [2]]), torch.tensor([[2, 2], [1, 0]]))
+    views = [est.draw(b, gen(s)) for b, s in ((wide, 0), (narrow, 1))]
+    joined = MaskedViews.cat(views)
+    assert joined.prompt_masked.shape == (4, 1, 3)
+    assert not bool(joined.prompt_masked[2:, :, :2].any())  # the narrow chunk's padding columns
+    for rows, batch, own in ((slice(0, 2), wide, views[0]), (slice(2, 4), narrow, views[1])):
+        mine = joined.index(rows)
+        assert torch.equal(mine.canvases(batch, 3)[0], own.canvases(batch, 3)[0])
+        assert torch.equal(score_views(token_policy, batch, mine), score_views(token_policy, batch, own))

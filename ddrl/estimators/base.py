@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import torch
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from ddrl.batch import SequenceBatch
 from ddrl.config import ComponentConfig
@@ -42,7 +42,10 @@ class MaskedViews:
         scored: ``[B, R, L]`` bool, positions whose log-prob enters the estimate (a subset of
             ``completion_masked``).
         weights: ``[B, R, L]`` float, weight of each scored log-prob (0 where not scored).
-        prompt_masked: ``[B, R, P]`` bool or None, prompt positions replaced by the mask token.
+        prompt_masked: ``[B, R, P']`` bool or None, prompt positions replaced by the mask token.
+            Aligned on the right like the left-padded prompts: views concatenated from chunks
+            with different prompt widths are padded on the left (False), and a batch whose
+            prompt is narrower (P <= P') uses the last P columns.
     """
 
     completion_masked: Tensor
@@ -71,7 +74,8 @@ class MaskedViews:
         prompt = batch.prompt_ids.repeat_interleave(r, 0)
         if self.prompt_masked is not None:
             # padding is never masked: it is not attended to, and stays recognisable as padding
-            pm = self.prompt_masked.flatten(0, 1) & batch.prompt_mask.repeat_interleave(r, 0)
+            pm = _right_aligned(self.prompt_masked, batch.prompt_length).flatten(0, 1)
+            pm = pm & batch.prompt_mask.repeat_interleave(r, 0)
             prompt = prompt.masked_fill(pm, mask_id)
         completion = batch.completion_ids.repeat_interleave(r, 0)
         completion = completion.masked_fill(self.completion_masked.flatten(0, 1), mask_id)
@@ -87,20 +91,31 @@ class MaskedViews:
 
     @staticmethod
     def cat(parts: list[MaskedViews]) -> MaskedViews:
-        """Concatenate the views of consecutive row chunks."""
+        """Concatenate the views of consecutive row chunks (prompt masks left-padded to one width,
+        as ``cat_rollouts`` pads the prompts)."""
         prompts = [v.prompt_masked for v in parts]
         if any(p is None for p in prompts) and not all(p is None for p in prompts):
             raise ValueError("cannot concatenate views with and without prompt masks")
+        prompt_masked = None
+        if prompts[0] is not None:
+            width = max(p.shape[-1] for p in prompts)  # type: ignore[union-attr]
+            prompt_masked = torch.cat([_right_aligned(p, width) for p in prompts])  # type: ignore[arg-type]
         return MaskedViews(
             torch.cat([v.completion_masked for v in parts]),
             torch.cat([v.scored for v in parts]),
             torch.cat([v.weights for v in parts]),
-            None if prompts[0] is None else torch.cat(prompts),  # type: ignore[arg-type]
+            prompt_masked,
         )
 
     def _map(self, fn) -> MaskedViews:  # noqa: ANN001
         pm = None if self.prompt_masked is None else fn(self.prompt_masked)
         return MaskedViews(fn(self.completion_masked), fn(self.scored), fn(self.weights), pm)
+
+
+def _right_aligned(mask: Tensor, width: int) -> Tensor:
+    """``mask [..., P']`` as ``[..., width]``: the last columns kept, False padding added on the left."""
+    have = mask.shape[-1]
+    return mask[..., have - width :] if have >= width else nn.functional.pad(mask, (width - have, 0))
 
 
 @dataclass
