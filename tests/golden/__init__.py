@@ -1,0 +1,1 @@
+"""Golden trajectories: short deterministic runs of every objective, stored and reproduced bit for bit."""
