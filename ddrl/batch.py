@@ -106,6 +106,29 @@ class SequenceBatch:
             self.completion_mask[rows],
         )
 
+    @classmethod
+    def cat(cls, parts: list[SequenceBatch]) -> SequenceBatch:
+        """Consecutive batches joined along the rows; prompts left-padded again to one width
+        (padding id 0, never attended to). Every part must have the same completion length."""
+        width = max(p.prompt_length for p in parts)
+
+        def pad(t: Tensor, value: int | bool) -> Tensor:
+            return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
+
+        return cls(
+            torch.cat([pad(p.prompt_ids, 0) for p in parts]),
+            torch.cat([pad(p.prompt_mask, False) for p in parts]),
+            torch.cat([p.completion_ids for p in parts]),
+            torch.cat([p.completion_mask for p in parts]),
+        )
+
+    def up_to_eos(self, eos_id: int | None) -> SequenceBatch:
+        """The batch whose completion positions count only up to and including the first EOS
+        (unchanged when the policy has no EOS)."""
+        if eos_id is None:
+            return self
+        return self.with_completion_mask(self.completion_mask & truncate_after_eos(self.completion_ids, eos_id))
+
     def repeat_interleave(self, repeats: int) -> SequenceBatch:
         """Each row repeated ``repeats`` times in place (row i -> rows i*r .. i*r+r-1)."""
         return SequenceBatch(

@@ -271,8 +271,20 @@ def _check_logprobs(out: Any, estimator: Any, bound: inspect.BoundArguments | No
     return None
 
 
-def _check_dict(out: Any, owner: Any, bound: inspect.BoundArguments | None) -> str | None:
-    return None if isinstance(out, dict) else f"returned {_type_name(out)}; expected a dict"
+def _check_state(out: Any, owner: Any, bound: inspect.BoundArguments | None) -> str | None:
+    from ddrl.rows import RowState
+
+    if isinstance(out, RowState):
+        return None
+    return f"returned {_type_name(out)}; expected the objective's state, a dataclass deriving from ddrl.rows.RowState"
+
+
+def _check_weighed(out: Any, owner: Any, bound: inspect.BoundArguments | None) -> str | None:
+    from ddrl.objectives.base import Weighed
+
+    if not isinstance(out, Weighed):
+        return f"returned {_type_name(out)}; expected ddrl.objectives.base.Weighed(state, metrics)"
+    return _check_state(out.state, owner, bound)
 
 
 def _check_loss(out: Any, objective: Any, bound: inspect.BoundArguments | None) -> str | None:
@@ -312,6 +324,6 @@ def _check_scores(out: Any, task: Any, bound: inspect.BoundArguments | None) -> 
 _CHECKS: dict[str, dict[str, Callable[[Any, Any, inspect.BoundArguments | None], str | None]]] = {
     "samplers": {"sample": _check_sample},
     "estimators": {"draw": _check_views, "score": _check_logprobs},
-    "objectives": {"prepare": _check_dict, "weigh": _check_dict, "begin_iteration": _check_dict, "loss": _check_loss},
+    "objectives": {"prepare": _check_state, "weigh": _check_weighed, "begin_iteration": _check_state, "loss": _check_loss},
     "tasks": {"load": _check_examples, "format_prompt": _check_prompt, "score": _check_scores},
 }

@@ -255,7 +255,7 @@ def test_ancestral_log_weights_are_log_target_minus_path_log_prob_up_to_log_z():
     objective = DMPO(DMPOConfig(alpha=1.0, log_ratio="path", reference="uniform"))
     assert not objective.needs_reference and objective.rollout_scorers(ObjectiveContext(policy, None)) == []  # type: ignore[arg-type]
     rollout = RolloutBatch(out.batch, rewards, torch.zeros(32, dtype=torch.long), out)
-    log_w = objective.prepare(rollout, ObjectiveContext(policy, None))["log_rnd"].double() + rewards.double()  # type: ignore[arg-type]
+    log_w = objective.prepare(rollout, ObjectiveContext(policy, None)).log_rnd.double() + rewards.double()  # type: ignore[arg-type]
     log_target = lat.log_boltzmann(out.completion_ids) - lat.log_partition()
     brute = torch.tensor([
         path_log_prob(policy, x.tolist(), o.tolist()) for x, o in zip(out.completion_ids, out.order)

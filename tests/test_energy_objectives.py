@@ -16,7 +16,7 @@ from ddrl.batch import SequenceBatch
 from ddrl.config import ConfigError, build_config
 from ddrl.estimators.exact import ExactConfig, ExactEstimator
 from ddrl.models.tiny import TinyPolicy
-from ddrl.objectives.base import ObjectiveContext, RolloutBatch, cat_prepared, index_prepared
+from ddrl.objectives.base import ObjectiveContext, RolloutBatch
 from ddrl.objectives.dmpo import DMPO, DMPOConfig
 from ddrl.objectives.log_variance import LogVariance, LogVarianceConfig
 from ddrl.objectives.rerf import RERF, RERFConfig
@@ -66,11 +66,11 @@ def run_phases(objective, rollout: RolloutBatch, old: TinyPolicy, current: TinyP
     size = len(rollout) // chunks
     parts = [slice(i * size, (i + 1) * size) for i in range(chunks)]
     with torch.no_grad():
-        prepared = cat_prepared([objective.prepare(rollout.index(s), ObjectiveContext(old, est)) for s in parts])
-        prepared = objective.weigh(rollout, prepared, ObjectiveContext(old, est))
-        prepared = objective.begin_iteration(rollout, prepared, ObjectiveContext(current, est), iteration)
+        states = [objective.prepare(rollout.index(s), ObjectiveContext(old, est)) for s in parts]
+        state = objective.weigh(rollout, type(states[0]).cat(states), ObjectiveContext(old, est)).state
+        state = objective.begin_iteration(rollout, state, ObjectiveContext(current, est), iteration)
     return sum(
-        objective.loss(rollout.index(s), index_prepared(prepared, s), ObjectiveContext(current, est), iteration).loss
+        objective.loss(rollout.index(s), state.index(s), ObjectiveContext(current, est), iteration).loss
         for s in parts
     )
 
@@ -176,11 +176,11 @@ def test_rerf_leave_one_out_baseline_excludes_the_row(token_policy):
     objective = RERF(RERFConfig())
     est = ExactEstimator(ExactConfig())
     with torch.no_grad():
-        prepared = objective.weigh(rollout, objective.prepare(rollout, ObjectiveContext(policy, est)),
-                                   ObjectiveContext(policy, est))
+        weighed = objective.weigh(rollout, objective.prepare(rollout, ObjectiveContext(policy, est)),
+                                  ObjectiveContext(policy, est))
     f = (rollout.sample.path_logprob.double() - rollout.rewards.double())
-    assert torch.allclose(prepared["baseline"], (f.sum() - f) / 3, atol=1e-5)
-    assert 0 < prepared["metrics"]["ess"] <= 1
+    assert torch.allclose(weighed.state.centre, (f.sum() - f) / 3, atol=1e-5)
+    assert 0 < weighed.metrics["ess"] <= 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_path_objectives_need_the_recorded_order_and_uniform_reference_needs_no_
     with_ref = LogVariance(LogVarianceConfig(reference="policy"))
     assert with_ref.needs_reference and "scorer_logprobs" in with_ref.needs_sampler
     dmpo = DMPO(DMPOConfig(log_ratio="path", reference="uniform"))
-    assert not dmpo.needs_reference and dmpo.needs_sampler == frozenset({"exact_path", "token_logprobs"})
+    assert not dmpo.needs_reference and dmpo.needs_sampler == frozenset({"exact_path", "token_logprobs", "unmask_step"})
 
 
 def ising_recipe(tmp_path, objective: dict, sampler: str = "ancestral") -> dict:

@@ -1,4 +1,4 @@
-"""Objectives against exact answers: WDCE and DMPO weights (design §2, §2.1), the GRPO family's
+"""Objectives against exact answers: WDCE and DMPO weights (docs/objectives.md), the GRPO family's
 PPO pieces, per-group statistics, the gathered (multi-process) normalisation, and the phases
 prepare -> weigh -> begin_iteration -> loss on the tiny policies (V = 3 tokens, mask id 3)."""
 
@@ -21,10 +21,12 @@ from ddrl.estimators.masks import antithetic_masks, one_step_masks
 from ddrl.estimators.one_step import OneStepConfig, OneStepEstimator
 from ddrl.models.char_tokenizer import CharTokenizer
 from ddrl.models.tiny import TinyArchitecture, TinyPolicy
-from ddrl.objectives.base import ObjectiveContext, RolloutBatch, cat_prepared, index_prepared
-from ddrl.objectives.dmpo import DMPO, DMPOConfig, dmpo_weights, wdce_loss
-from ddrl.objectives.groups import group_softmax, normalized_ess, per_group
-from ddrl.objectives.grpo import CoupledGRPO, CoupledGRPOConfig, DiffuGRPO, DiffuGRPOConfig, group_advantages
+from ddrl.estimators.base import score_views
+from ddrl.objectives.base import ObjectiveContext, RolloutBatch
+from ddrl.objectives.denoising import wdce
+from ddrl.objectives.dmpo import DMPO, DMPOConfig, DMPOState, dmpo_weights
+from ddrl.objectives.groups import group_advantages, group_softmax, normalized_ess, per_group
+from ddrl.objectives.grpo import CoupledGRPO, CoupledGRPOConfig, DiffuGRPO, DiffuGRPOConfig, GRPOState
 from ddrl.objectives.ppo import clipped_surrogate, k3_kl
 from ddrl.samplers.ancestral import AncestralSampler, AncestralSamplerConfig
 from tests.conftest import batch_for
@@ -91,13 +93,18 @@ def denoising_ce_by_hand(policy, prompt: list[int], completion: Tensor, masked: 
     return total / r
 
 
+def wdce_of(policy: TinyPolicy, rollout: RolloutBatch, advantages: Tensor, views: MaskedViews) -> Tensor:
+    """The loss DMPO computes on given views: the pure WDCE of the policy's scores."""
+    return wdce(score_views(policy, rollout.batch, views), views.weights, advantages)
+
+
 def test_wdce_gradient_is_advantage_weighted_sum_of_per_sample_denoising_ce_gradients(token_policy):
     batch = batch_for(PROMPT, COMPLETIONS)
     advantage = torch.tensor([0.7, -0.4, 0.25])
     views = antithetic_masks(batch.completion_mask, 4, gen(0), (0.1, 1.0), "inverse_masked")
     rollout = RolloutBatch(batch, torch.zeros(3), torch.zeros(3, dtype=torch.long))
 
-    loss = wdce_loss(token_policy, rollout, advantage, views)
+    loss = wdce_of(token_policy, rollout, advantage, views)
     ces = [
         denoising_ce_by_hand(token_policy, PROMPT, COMPLETIONS[i], views.completion_masked[i]) for i in range(3)
     ]
@@ -118,8 +125,8 @@ def test_wdce_rows_with_empty_masks_contribute_nothing(token_policy):
     assert not bool(views.completion_masked[1].any())
     rollout = RolloutBatch(batch, torch.zeros(3), torch.zeros(3, dtype=torch.long))
 
-    base = wdce_loss(token_policy, rollout, torch.tensor([0.5, 0.0, -0.3]), views)
-    huge = wdce_loss(token_policy, rollout, torch.tensor([0.5, 100.0, -0.3]), views)
+    base = wdce_of(token_policy, rollout, torch.tensor([0.5, 0.0, -0.3]), views)
+    huge = wdce_of(token_policy, rollout, torch.tensor([0.5, 100.0, -0.3]), views)
     assert huge.item() == base.item()
     by_hand = 0.5 * denoising_ce_by_hand(token_policy, PROMPT, COMPLETIONS[0], views.completion_masked[0]) - (
         0.3 * denoising_ce_by_hand(token_policy, PROMPT, COMPLETIONS[2], views.completion_masked[2])
@@ -153,9 +160,9 @@ def test_dmpo_loss_draws_r_fresh_antithetic_inverse_masked_views(token_policy):
     g = gen(3)
     twin = same_state(g)
     advantage = torch.tensor([0.3, -0.6, 0.2])
-    out = objective.loss(rollout, {"advantage": advantage}, ctx_for(token_policy, elbo(), generator=g), 0)
+    out = objective.loss(rollout, DMPOState(torch.zeros(3), advantages=advantage), ctx_for(token_policy, elbo(), generator=g), 0)
     views = antithetic_masks(batch.completion_mask, 6, twin, (0.2, 0.9), "inverse_masked")
-    assert out.loss.item() == pytest.approx(wdce_loss(token_policy, rollout, advantage, views).item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx(wdce_of(token_policy, rollout, advantage, views).item(), rel=1e-6)
     assert out.metrics["wdce"] == pytest.approx(out.loss.item())
 
 
@@ -170,17 +177,17 @@ REWARDS = torch.tensor([1.0, 0.0, 0.5, 0.2, 0.4, 0.0, 1.0, 0.7, 0.1])
 
 def test_weights_sum_to_zero_with_mean_baseline():
     w = dmpo_weights(LOG_RND, REWARDS, IDS, alpha=0.5, baseline="mean")
-    for g, a in by_group(w.advantage, IDS).items():
+    for g, a in by_group(w.advantages, IDS).items():
         assert a.sum().item() == pytest.approx(0.0, abs=1e-6), g
     # a = w+ - 1/G
     sizes = {1: 2, 2: 4, 3: 3}
     expected = w.w_plus - torch.tensor([1.0 / sizes[int(g)] for g in IDS])
-    assert torch.allclose(w.advantage, expected, atol=1e-7)
+    assert torch.allclose(w.advantages, expected, atol=1e-7)
 
 
 def test_w_plus_sums_to_one_per_group_and_is_the_advantage_without_baseline():
     w = dmpo_weights(LOG_RND, REWARDS, IDS, alpha=0.5, baseline="none")
-    assert torch.equal(w.advantage, w.w_plus)
+    assert torch.equal(w.advantages, w.w_plus)
     for g, wp in by_group(w.w_plus, IDS).items():
         assert wp.sum().item() == pytest.approx(1.0, abs=1e-6), g
         assert bool((wp > 0).all())
@@ -190,10 +197,10 @@ def test_negative_baseline_sums_to_zero_and_vanishes_when_rewards_are_equal():
     rewards = REWARDS.clone()
     rewards[IDS == 2] = 0.7  # group 2: all rewards equal, so w+ == w- and a == 0
     w = dmpo_weights(LOG_RND, rewards, IDS, alpha=0.5, baseline="negative")
-    for g, a in by_group(w.advantage, IDS).items():
+    for g, a in by_group(w.advantages, IDS).items():
         assert a.sum().item() == pytest.approx(0.0, abs=1e-6), g
-    assert torch.allclose(w.advantage[IDS == 2], torch.zeros(4), atol=1e-7)
-    assert w.advantage[IDS == 3].abs().max() > 0.1  # the other groups do get a signal
+    assert torch.allclose(w.advantages[IDS == 2], torch.zeros(4), atol=1e-7)
+    assert w.advantages[IDS == 3].abs().max() > 0.1  # the other groups do get a signal
 
 
 def test_w_plus_matches_a_softmax_by_hand():
@@ -206,7 +213,7 @@ def test_w_plus_matches_a_softmax_by_hand():
     ids = torch.zeros(3, dtype=torch.long)
     w = dmpo_weights(log_rnd, rewards, ids, alpha=alpha, baseline="negative")
     assert torch.allclose(w.w_plus, torch.tensor([1 / 6, 1 / 3, 1 / 2]), atol=1e-6)
-    assert torch.allclose(w.advantage, torch.tensor([-2 / 15, -4 / 15, 2 / 5]), atol=1e-6)
+    assert torch.allclose(w.advantages, torch.tensor([-2 / 15, -4 / 15, 2 / 5]), atol=1e-6)
     assert torch.equal(w.proximal, torch.ones(3))
     # ESS = 1 / (3 * (1/36 + 1/9 + 1/4)) = 1 / (3 * 14/36) = 6/7
     assert torch.allclose(w.ess, torch.full((3,), 6 / 7), atol=1e-6)
@@ -224,7 +231,7 @@ def test_proximal_coefficient_scales_the_log_weights():
     # the negative baseline is tilted by the same c: w- proportional to [1, 2, 1/3]^0.5
     neg = dmpo_weights(log_rnd, rewards, torch.zeros(3, dtype=torch.long), alpha=alpha, proximal=0.5)
     root_minus = torch.tensor([1.0, math.sqrt(2), math.sqrt(1 / 3)])
-    assert torch.allclose(neg.advantage, root / root.sum() - root_minus / root_minus.sum(), atol=1e-6)
+    assert torch.allclose(neg.advantages, root / root.sum() - root_minus / root_minus.sum(), atol=1e-6)
 
 
 def test_infinite_temperature_without_log_ratio_gives_uniform_weights():
@@ -262,11 +269,11 @@ def test_unbiased_baseline_needs_the_current_log_ratio_and_equals_mean_at_zero()
         dmpo_weights(LOG_RND, REWARDS, IDS, alpha=0.5, baseline="unbiased")
     unbiased = dmpo_weights(LOG_RND, REWARDS, IDS, alpha=0.5, baseline="unbiased", current_log_ratio=torch.zeros(9))
     mean = dmpo_weights(LOG_RND, REWARDS, IDS, alpha=0.5, baseline="mean")
-    assert torch.allclose(unbiased.advantage, mean.advantage, atol=1e-7)
+    assert torch.allclose(unbiased.advantages, mean.advantages, atol=1e-7)
     # a non-zero current ratio moves the baseline: centre = softmax_G(log p_theta - log p_old)
     shifted = dmpo_weights(LOG_RND, REWARDS, IDS, alpha=0.5, baseline="unbiased", current_log_ratio=LOG_RND)
     expected = mean.w_plus - group_softmax(LOG_RND.double(), IDS).float()
-    assert torch.allclose(shifted.advantage, expected, atol=1e-6)
+    assert torch.allclose(shifted.advantages, expected, atol=1e-6)
 
 
 def test_scale_by_std_divides_by_the_group_std_of_the_advantages():
@@ -274,15 +281,15 @@ def test_scale_by_std_divides_by_the_group_std_of_the_advantages():
     scaled = dmpo_weights(LOG_RND, REWARDS, IDS, alpha=0.5, baseline="mean", scale_by_std=True)
     for g in IDS.unique():
         rows = IDS == g
-        a = plain.advantage[rows].double()
-        assert torch.allclose(scaled.advantage[rows].double(), a / a.std(), atol=1e-5)  # std with n - 1
+        a = plain.advantages[rows].double()
+        assert torch.allclose(scaled.advantages[rows].double(), a / a.std(), atol=1e-5)  # std with n - 1
 
 
 def test_strength_scales_the_baseline():
     none = dmpo_weights(LOG_RND, REWARDS, IDS, alpha=0.5, baseline="none")
     half = dmpo_weights(LOG_RND, REWARDS, IDS, alpha=0.5, baseline="mean", strength=0.5)
     sizes = torch.tensor([{1: 2, 2: 4, 3: 3}[int(g)] for g in IDS], dtype=torch.float)
-    assert torch.allclose(half.advantage, none.w_plus - 0.5 / sizes, atol=1e-7)
+    assert torch.allclose(half.advantages, none.w_plus - 0.5 / sizes, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -351,18 +358,21 @@ def test_dmpo_normalises_each_group_over_every_process(token_policy, config):
     def weigh(rank: int, gather: Callable[[Tensor], Tensor]) -> Tensor:
         rollout, rows = rank_rollout(rank)
         ctx = ctx_for(token_policy, elbo(), gather=gather, process_index=rank)
-        return objective.weigh(rollout, {"log_rnd": G_LOG_RND[rows]}, ctx)["advantage"]
+        return objective.weigh(rollout, DMPOState(G_LOG_RND[rows]), ctx).state.advantages
 
     per_rank = run_two_ranks(weigh)
     full = dmpo_weights(
         G_LOG_RND, G_REWARDS, G_IDS, config.alpha, config.proximal, config.target_ess, config.baseline,
         config.baseline_strength, config.scale_by_std,
-    ).advantage
+    ).advantages
     assert torch.allclose(torch.cat(per_rank), full, atol=1e-6)
     for rank in range(2):
         rollout, rows = rank_rollout(rank)
-        alone = objective.weigh(rollout, {"log_rnd": G_LOG_RND[rows]}, ctx_for(token_policy, elbo()))["advantage"]
+        alone = objective.weigh(rollout, DMPOState(G_LOG_RND[rows]), ctx_for(token_policy, elbo())).state.advantages
         assert not torch.allclose(alone, per_rank[rank], atol=1e-3)
+
+
+NO_VIEWS = GRPOState([], torch.zeros(4, 1, 3))  # weigh reads only the rewards
 
 
 @pytest.mark.parametrize(
@@ -375,17 +385,16 @@ def test_grpo_advantages_use_the_group_gathered_over_every_process(token_policy,
 
     def weigh(rank: int, gather: Callable[[Tensor], Tensor]) -> Tensor:
         rollout, _ = rank_rollout(rank)
-        return objective.weigh(rollout, {}, ctx_for(token_policy, estimator, gather=gather, process_index=rank))[
-            "advantages"
-        ]
+        ctx = ctx_for(token_policy, estimator, gather=gather, process_index=rank)
+        return objective.weigh(rollout, NO_VIEWS, ctx).state.advantages
 
     per_rank = run_two_ranks(weigh)
     cfg = objective.config
-    full = group_advantages(G_REWARDS, G_IDS, cfg.baseline, cfg.scale_rewards)
+    full = group_advantages(G_REWARDS, G_IDS, cfg.baseline, cfg.scale_rewards).float()
     assert torch.allclose(torch.cat(per_rank), full, atol=1e-6)
     for rank in range(2):
         rollout, _ = rank_rollout(rank)
-        alone = objective.weigh(rollout, {}, ctx_for(token_policy, estimator))["advantages"]
+        alone = objective.weigh(rollout, NO_VIEWS, ctx_for(token_policy, estimator)).state.advantages
         assert not torch.allclose(alone, per_rank[rank], atol=1e-3)
 
 
@@ -448,9 +457,10 @@ def test_group_advantages_group_mean_and_leave_one_out_by_hand():
     rewards = torch.tensor([1.0, 0.0, 2.0, 1.0, 3.0, 6.0])
     ids = torch.tensor([9, 4, 9, 4, 9, 9])
     mean = group_advantages(rewards, ids, "group_mean", scale=False)
-    assert torch.allclose(mean, torch.tensor([-2.0, -0.5, -1.0, 0.5, 0.0, 3.0]))
+    assert mean.dtype == torch.float64  # callers round where they need float32
+    assert torch.allclose(mean, torch.tensor([-2.0, -0.5, -1.0, 0.5, 0.0, 3.0], dtype=torch.float64))
     loo = group_advantages(rewards, ids, "leave_one_out", scale=False)
-    assert torch.allclose(loo, torch.tensor([-8 / 3, -1.0, -4 / 3, 1.0, 0.0, 4.0]))
+    assert torch.allclose(loo, torch.tensor([-8 / 3, -1.0, -4 / 3, 1.0, 0.0, 4.0], dtype=torch.float64))
 
 
 def test_leave_one_out_with_a_group_of_one_raises():
@@ -464,10 +474,10 @@ def test_scale_rewards_divides_by_group_std_plus_1e_4():
     rewards = torch.tensor([1.0, 2.0, 5.0, 3.0, 6.0, 5.0])
     ids = torch.tensor([0, 0, 1, 0, 0, 1])
     std = math.sqrt(14 / 3)
-    got = group_advantages(rewards, ids, "group_mean", scale=True)
+    got = group_advantages(rewards, ids, "group_mean", scale=True).float()
     expected = torch.tensor([-2.0, -1.0, 0.0, 0.0, 3.0, 0.0]) / (std + 1e-4)
     assert torch.allclose(got, expected, atol=1e-6)
-    loo = group_advantages(rewards, ids, "leave_one_out", scale=True)
+    loo = group_advantages(rewards, ids, "leave_one_out", scale=True).float()
     assert torch.allclose(loo, torch.tensor([-8 / 3, -4 / 3, 0.0, 0.0, 4.0, 0.0]) / (std + 1e-4), atol=1e-6)
 
 
@@ -515,22 +525,23 @@ def test_dmpo_with_reference_equal_to_old_has_zero_log_ratio_and_a_differentiabl
     g = gen(4)
     ctx = ctx_for(token_policy, elbo(), ref_policy=token_policy, generator=g)
     with torch.no_grad():
-        prepared = objective.prepare(rollout, ctx)
+        state = objective.prepare(rollout, ctx)
         # the same views scored by the same weights: log p_ref - log p_old is 0 exactly
-        assert torch.equal(prepared["log_rnd"], torch.zeros(4))
-        assert bool((prepared["lp_old"] < 0).all())
-        assert prepared["views"].num_views == 4
-        prepared = objective.weigh(rollout, prepared, ctx)
+        assert torch.equal(state.log_rnd, torch.zeros(4))
+        assert bool((state.old_logp < 0).all())
+        assert state.views.num_views == 4
+        weighed = objective.weigh(rollout, state, ctx)
     # alpha = 0.04: w+ = softmax([25, 0]) ~ [1, e^-25], w- ~ [e^-25, 1] -> a ~ [1, -1] per group
-    assert torch.allclose(prepared["advantage"], torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-6)
-    assert prepared["metrics"]["num_groups"] == 2.0
-    assert prepared["metrics"]["log_ratio_mean"] == 0.0
+    prepared = weighed.state
+    assert torch.allclose(prepared.advantages, torch.tensor([1.0, -1.0, -1.0, 1.0]), atol=1e-6)
+    assert weighed.metrics["num_groups"] == 2.0
+    assert weighed.metrics["log_ratio_mean"] == 0.0
 
     twin = same_state(g)
     out = objective.loss(rollout, prepared, ctx, 0)
     assert out.loss.dim() == 0 and bool(torch.isfinite(out.loss)) and out.loss.requires_grad
     views = antithetic_masks(batch.completion_mask, 4, twin, (0.1, 1.0), "inverse_masked")
-    assert out.loss.item() == pytest.approx(wdce_loss(token_policy, rollout, prepared["advantage"], views).item())
+    assert out.loss.item() == pytest.approx(wdce_of(token_policy, rollout, prepared.advantages, views).item())
     assert any(gr is not None and gr.abs().sum() > 0 for gr in grads(out.loss, token_policy))
 
 
@@ -540,24 +551,24 @@ def test_dmpo_unbiased_baseline_reestimates_the_current_ratio_each_iteration(tok
     objective = DMPO(DMPOConfig(baseline="unbiased", alpha=1.0))
     ctx = ctx_for(token_policy, elbo(), ref_policy=token_policy_b, generator=gen(5))
     with torch.no_grad():
-        prepared = objective.weigh(rollout, objective.prepare(rollout, ctx), ctx)
-        log_rnd = prepared["log_rnd"]
+        prepared = objective.weigh(rollout, objective.prepare(rollout, ctx), ctx).state
+        log_rnd = prepared.log_rnd
         assert log_rnd.abs().min() > 1e-3  # ref != old
-        mean = dmpo_weights(log_rnd, rollout.rewards, rollout.group_ids, 1.0, baseline="mean").advantage
-        assert torch.allclose(prepared["advantage"], mean, atol=1e-7)  # iteration 0: theta == old
+        mean = dmpo_weights(log_rnd, rollout.rewards, rollout.group_ids, 1.0, baseline="mean").advantages
+        assert torch.allclose(prepared.advantages, mean, atol=1e-7)  # iteration 0: theta == old
         # unchanged policy at iteration 1: log p_theta - log p_old = 0 on the same views
         again = objective.begin_iteration(rollout, prepared, ctx, 1)
-        assert torch.allclose(again["advantage"], mean, atol=1e-7)
+        assert torch.allclose(again.advantages, mean, atol=1e-7)
         # the policy moved (here: to token_policy_b): centre = softmax(lp_now - lp_old)
         moved = ctx_for(token_policy_b, elbo(), ref_policy=token_policy_b)
         later = objective.begin_iteration(rollout, prepared, moved, 1)
-        lp_now = elbo().score(token_policy_b, batch, prepared["views"]).sequence()
+        lp_now = elbo().score(token_policy_b, batch, prepared.views).sequence()
         expected = dmpo_weights(
             log_rnd, rollout.rewards, rollout.group_ids, 1.0, baseline="unbiased",
-            current_log_ratio=lp_now - prepared["lp_old"],
-        ).advantage
-    assert torch.allclose(later["advantage"], expected, atol=1e-6)
-    assert not torch.allclose(later["advantage"], mean, atol=1e-3)
+            current_log_ratio=lp_now - prepared.old_logp,
+        ).advantages
+    assert torch.allclose(later.advantages, expected, atol=1e-6)
+    assert not torch.allclose(later.advantages, mean, atol=1e-3)
 
 
 def test_dmpo_path_log_ratio_is_the_exact_ratio_along_the_sampled_order(token_policy, token_policy_b):
@@ -569,7 +580,7 @@ def test_dmpo_path_log_ratio_is_the_exact_ratio_along_the_sampled_order(token_po
     ctx = ctx_for(token_policy, ExactEstimator(ExactConfig()), ref_policy=token_policy_b)
     assert objective.rollout_scorers(ctx) == [token_policy_b]
     with torch.no_grad():
-        log_rnd = objective.prepare(rollout, ctx)["log_rnd"]
+        log_rnd = objective.prepare(rollout, ctx).log_rnd
         assert torch.equal(log_rnd, out.scorer_logprobs[0].sum(-1) - out.token_logprobs.sum(-1))
         exact = ExactEstimator(ExactConfig())
         lp_ref = exact.log_likelihood(token_policy_b, out.batch, order=out.order)
@@ -602,17 +613,17 @@ def test_diffu_grpo_iterations_reuse_their_own_views_so_the_ratio_starts_at_one(
         generator=gen(8), num_iterations=2,
     )
     with torch.no_grad():
-        prepared = objective.weigh(rollout, objective.prepare(rollout, ctx), ctx)
-    assert len(prepared["views"]) == 2
-    assert prepared["old_logp"].shape == (4, 2, 4) and prepared["ref_logp"].shape == (4, 2, 4)
-    assert torch.allclose(prepared["advantages"], torch.tensor([0.5, -1.0, -0.5, 1.0]))
-    v0, v1 = prepared["views"]
+        prepared = objective.weigh(rollout, objective.prepare(rollout, ctx), ctx).state
+    assert len(prepared.views) == 2
+    assert prepared.old_logp.shape == (4, 2, 4) and prepared.ref_logp.shape == (4, 2, 4)
+    assert torch.allclose(prepared.advantages, torch.tensor([0.5, -1.0, -0.5, 1.0]))
+    v0, v1 = prepared.views
     assert not torch.equal(v0.prompt_masked, v1.prompt_masked)  # fresh masks per iteration
-    assert not torch.allclose(prepared["old_logp"][:, 0], prepared["old_logp"][:, 1], atol=1e-3)
+    assert not torch.allclose(prepared.old_logp[:, 0], prepared.old_logp[:, 1], atol=1e-3)
 
     for iteration in range(2):
         for rows, expected in ((slice(0, 2), 0.25), (slice(2, 4), -0.25)):
-            out = objective.loss(rollout.index(rows), index_prepared(prepared, rows), ctx, iteration)
+            out = objective.loss(rollout.index(rows), prepared.index(rows), ctx, iteration)
             assert out.loss.item() == pytest.approx(expected, abs=1e-6), (iteration, rows)
             assert out.metrics["clip_ratio"] == 0.0
             assert out.metrics["kl"] == pytest.approx(0.0, abs=1e-6)
@@ -637,9 +648,9 @@ def test_diffu_grpo_ignores_tokens_after_the_first_eos(ab_policy, mask_after_eos
     objective = DiffuGRPO(DiffuGRPOConfig(beta=0.0, mask_after_eos=mask_after_eos))
     ctx = ctx_for(ab_policy, OneStepEstimator(OneStepConfig()), generator=gen(9))
     with torch.no_grad():
-        prepared = objective.weigh(rollout, objective.prepare(rollout, ctx), ctx)
-    assert "ref_logp" not in prepared
-    scored = prepared["views"][0].scored[:, 0]
+        prepared = objective.weigh(rollout, objective.prepare(rollout, ctx), ctx).state
+    assert prepared.ref_logp is None
+    scored = prepared.views[0].scored[:, 0]
     if mask_after_eos:
         assert torch.equal(scored, torch.tensor([[True, True, True, False], [True, True, True, True]]))
         assert torch.equal(scored, truncate_after_eos(batch.completion_ids, eos))
@@ -649,62 +660,22 @@ def test_diffu_grpo_ignores_tokens_after_the_first_eos(ab_policy, mask_after_eos
     assert out.loss.item() == pytest.approx(expected, abs=1e-6)
 
 
-def test_dmpo_mask_up_to_eos_never_masks_tokens_after_the_first_eos(ab_policy):
+def test_dmpo_mask_after_eos_never_masks_tokens_after_the_first_eos(ab_policy):
     a, b, eos = 5, 6, ab_policy.eos_token_id
     batch = batch_for([2, a, b], torch.tensor([[a, eos, b, eos], [b, a, a, b]]))
     rollout = RolloutBatch(batch, torch.zeros(2), torch.zeros(2, dtype=torch.long))
-    objective = DMPO(DMPOConfig(mask_up_to_eos=True))
+    objective = DMPO(DMPOConfig(mask_after_eos=True))
+    assert DMPOConfig(mask_up_to_eos=True).mask_after_eos  # the option's earlier name still loads
     g = gen(11)
     twin = same_state(g)
     advantage = torch.tensor([0.6, -0.6])
-    out = objective.loss(rollout, {"advantage": advantage}, ctx_for(ab_policy, elbo(), generator=g), 0)
+    out = objective.loss(rollout, DMPOState(torch.zeros(2), advantages=advantage), ctx_for(ab_policy, elbo(), generator=g), 0)
     # row 0 may be masked at positions 0, 1 only ("a <eos>"); row 1 everywhere
     valid = torch.tensor([[True, True, False, False], [True, True, True, True]])
     assert torch.equal(valid, truncate_after_eos(batch.completion_ids, eos))
     views = antithetic_masks(valid, 4, twin, (0.1, 1.0), "inverse_masked")
     assert not bool(views.completion_masked[0, :, 2:].any())
-    assert out.loss.item() == pytest.approx(wdce_loss(ab_policy, rollout, advantage, views).item(), rel=1e-6)
-
-
-# ------------------------------------------------------------------------------------------------
-# 7. Chunking prepared dicts
-
-
-def test_index_and_cat_prepared_round_trip():
-    g = gen(10)
-    valid = torch.ones(4, 3, dtype=torch.bool)
-    views = [antithetic_masks(valid, 2, g), antithetic_masks(valid, 4, g)]
-    prompt_views = one_step_masks(valid, torch.ones(4, 2, dtype=torch.bool), 0.5, g)
-    prepared = {
-        "log_rnd": torch.arange(4.0),
-        "old_logp": torch.randn(4, 2, 3, generator=g),
-        "views": views,
-        "one_step": prompt_views,
-        "scale": torch.tensor(2.0),
-        "metrics": {"ess": 0.5},
-    }
-    chunks = [index_prepared(prepared, rows) for rows in (slice(0, 1), slice(1, 3), slice(3, 4))]
-    middle = chunks[1]
-    assert torch.equal(middle["log_rnd"], torch.tensor([1.0, 2.0]))
-    assert torch.equal(middle["old_logp"], prepared["old_logp"][1:3])
-    assert torch.equal(middle["views"][1].weights, views[1].weights[1:3])
-    assert torch.equal(middle["one_step"].prompt_masked, prompt_views.prompt_masked[1:3])
-    assert middle["scale"].item() == 2.0 and middle["metrics"] == {"ess": 0.5}
-
-    joined = cat_prepared(chunks)
-    assert joined.keys() == prepared.keys()
-    for key in ("log_rnd", "old_logp", "scale"):
-        assert torch.equal(joined[key], prepared[key]), key
-    pairs = list(zip(joined["views"], views)) + [(joined["one_step"], prompt_views)]
-    for got, want in pairs:
-        assert isinstance(got, MaskedViews)
-        assert torch.equal(got.completion_masked, want.completion_masked)
-        assert torch.equal(got.scored, want.scored)
-        assert torch.equal(got.weights, want.weights)
-        assert (got.prompt_masked is None) == (want.prompt_masked is None)
-        if want.prompt_masked is not None:
-            assert torch.equal(got.prompt_masked, want.prompt_masked)
-    assert joined["metrics"] == {"ess": 0.5}
+    assert out.loss.item() == pytest.approx(wdce_of(ab_policy, rollout, advantage, views).item(), rel=1e-6)
 
 
 def test_dmpo_unbiased_baseline_with_path_weights_also_reestimates(token_policy, token_policy_b):
@@ -714,8 +685,8 @@ def test_dmpo_unbiased_baseline_with_path_weights_also_reestimates(token_policy,
     objective = DMPO(DMPOConfig(log_ratio="path", baseline="unbiased", alpha=1.0))
     ctx = ctx_for(token_policy, elbo(), ref_policy=token_policy_b, generator=gen(9))
     with torch.no_grad():
-        prepared = objective.weigh(rollout, objective.prepare(rollout, ctx), ctx)
-        mean = dmpo_weights(prepared["log_rnd"], rollout.rewards, rollout.group_ids, 1.0, baseline="mean").advantage
-        assert torch.allclose(prepared["advantage"], mean, atol=1e-7)
+        prepared = objective.weigh(rollout, objective.prepare(rollout, ctx), ctx).state
+        mean = dmpo_weights(prepared.log_rnd, rollout.rewards, rollout.group_ids, 1.0, baseline="mean").advantages
+        assert torch.allclose(prepared.advantages, mean, atol=1e-7)
         moved = objective.begin_iteration(rollout, prepared, ctx_for(token_policy_b, elbo(), ref_policy=token_policy_b), 1)
-    assert not torch.allclose(moved["advantage"], mean, atol=1e-3)
+    assert not torch.allclose(moved.advantages, mean, atol=1e-3)

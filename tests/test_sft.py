@@ -15,7 +15,9 @@ from ddrl.estimators.masks import sft_masks
 from ddrl.models.char_tokenizer import CharTokenizer
 from ddrl.models.tiny import TinyArchitecture, TinyPolicy
 from ddrl.objectives.base import ObjectiveContext, RolloutBatch
-from ddrl.objectives.denoising import weighted_denoising_ce
+from ddrl.estimators.base import score_views
+from ddrl.objectives.base import NoState
+from ddrl.objectives.denoising import wdce
 from ddrl.objectives.sft import SFT, SFTConfig
 from ddrl.training.logger import read_metrics
 
@@ -38,7 +40,7 @@ def test_sft_loss_matches_a_hand_computed_value_on_fixed_masks(policy):
     masked = torch.tensor([[True, False, True], [False, True, False]])
     p = torch.tensor([[0.5], [0.25]])
     views = MaskedViews(masked[:, None], masked[:, None], (masked.float() / (p * 3))[:, None])
-    loss = weighted_denoising_ce(policy, b, torch.full((2,), 0.5), views)
+    loss = wdce(score_views(policy, b, views), views.weights, torch.full((2,), 0.5))
     expected = 0.0
     with torch.no_grad():
         for row in range(2):
@@ -54,9 +56,9 @@ def test_sft_objective_is_wdce_with_unit_weights(policy):
     b = batch()
     objective = SFT(SFTConfig())
     ctx = ObjectiveContext(policy=policy, estimator=None, generator=torch.Generator().manual_seed(3))  # type: ignore[arg-type]
-    out = objective.loss(RolloutBatch(b, torch.zeros(2), torch.arange(2)), {}, ctx, 0)
+    out = objective.loss(RolloutBatch(b, torch.zeros(2), torch.arange(2)), NoState(), ctx, 0)
     views = sft_masks(b.completion_mask, torch.Generator().manual_seed(3), 1e-3)
-    assert out.loss.item() == pytest.approx(weighted_denoising_ce(policy, b, torch.full((2,), 0.5), views).item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx(wdce(score_views(policy, b, views), views.weights, torch.full((2,), 0.5)).item(), rel=1e-6)
 
 
 def test_sft_masks_follow_llada_schedule():

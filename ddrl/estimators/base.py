@@ -92,7 +92,7 @@ class MaskedViews:
     @staticmethod
     def cat(parts: list[MaskedViews]) -> MaskedViews:
         """Concatenate the views of consecutive row chunks (prompt masks left-padded to one width,
-        as ``cat_rollouts`` pads the prompts)."""
+        as ``SequenceBatch.cat`` pads the prompts)."""
         prompts = [v.prompt_masked for v in parts]
         if any(p is None for p in prompts) and not all(p is None for p in prompts):
             raise ValueError("cannot concatenate views with and without prompt masks")

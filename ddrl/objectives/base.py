@@ -2,17 +2,21 @@
 
 The trainer calls an objective in phases per rollout batch (``num_iterations`` = mu)::
 
-    for each chunk:  prepared_c = prepare(chunk, ctx)          # no grad, row-local (masks, old/ref log-probs)
-    prepared = weigh(rollout, cat(prepared_c), ctx)             # no grad, group-level (weights, advantages)
+    for each chunk:  state_c = prepare(chunk, ctx)             # no grad, row-local (masks, old/ref log-probs)
+    state, metrics = weigh(rollout, State.cat(state_c), ctx)    # no grad, group-level (weights, advantages)
     for it in range(mu):
-        prepared = begin_iteration(rollout, prepared, ctx, it)  # no grad, optional
-        for each chunk:  loss(chunk, prepared[chunk], ctx, it).backward()
+        state = begin_iteration(rollout, state, ctx, it)        # no grad, optional
+        for each chunk:  loss(chunk, state.index(chunk rows), ctx, it).backward()
+
+Each objective declares its *state*: a small dataclass deriving from ``ddrl.rows.RowState``
+whose fields are row-aligned (``[B, ...]`` tensors, ``MaskedViews``, lists of them), so that the
+trainer joins and slices it exactly like the batch. Metrics travel beside it (``Weighed``).
 
 A *chunk* is a micro-batch of ``per_device_train_batch_size`` rows with its own random generator
 (``ctx.generator``), seeded from (seed, step, global chunk index): the same rows get the same
 randomness whatever the number of processes, which is what makes a 2-process run reproduce a
-1-process one. Group statistics go through ``ctx.gather`` so a prompt's group is normalised as a
-whole even when its completions live on several processes.
+1-process one. Group statistics go through ``ctx.groups`` (``ddrl.objectives.groups``) so a
+prompt's group is normalised as a whole even when its completions live on several processes.
 
 Objectives never import tasks, samplers or the trainer; they reach models only through the
 estimator and ``score_views``.
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Callable, ClassVar, Generic, TypeVar
 
 import torch
 from torch import Tensor
@@ -31,12 +35,16 @@ from ddrl.batch import SequenceBatch
 from ddrl.config import ComponentConfig
 from ddrl.estimators.base import LikelihoodEstimator
 from ddrl.models.base import MaskedDiffusionPolicy
+from ddrl.objectives.groups import Groups
+from ddrl.rows import RowState
 from ddrl.samplers.base import SampleOutput
+
+S = TypeVar("S", bound=RowState)
 
 
 @dataclass
-class RolloutBatch:
-    """The completions of one rollout batch on this process.
+class RolloutBatch(RowState):
+    """The completions of one rollout batch (or chunk) on this process.
 
     Attributes:
         batch: prompts + completions, ``B`` rows.
@@ -45,6 +53,9 @@ class RolloutBatch:
             global: equal across processes for the same prompt.
         sample: what the sampler recorded (unmasking order, per-token log-probs), if anything.
         reward_components: ``{name: [B]}`` each reward function's raw values.
+
+    ``index(rows)`` and ``RolloutBatch.cat(chunks)`` (``ddrl.rows.RowState``) cut and join every
+    field, the sampler's record included.
     """
 
     batch: SequenceBatch
@@ -56,62 +67,14 @@ class RolloutBatch:
     def __len__(self) -> int:
         return self.batch.batch_size
 
-    def index(self, rows: Tensor | slice) -> RolloutBatch:
-        """The sub-batch of the given rows (micro-batching); recorded trajectories follow."""
-        sample = None
-        if self.sample is not None:
-            s = self.sample
-            sample = SampleOutput(
-                self.batch.index(rows),
-                None if s.unmask_step is None else s.unmask_step[rows],
-                None if s.token_logprobs is None else s.token_logprobs[rows],
-                [lp[rows] for lp in s.scorer_logprobs],
-                nfe=s.nfe,
-                num_steps=s.num_steps,
-            )
-        return RolloutBatch(
-            self.batch.index(rows),
-            self.rewards[rows],
-            self.group_ids[rows],
-            sample,
-            {k: v[rows] for k, v in self.reward_components.items()},
-        )
+    @property
+    def order(self) -> Tensor | None:
+        """``[B, L]`` the order in which the sampler revealed the completion positions, if recorded."""
+        return None if self.sample is None else self.sample.order
 
 
 def _identity(t: Tensor) -> Tensor:
     return t
-
-
-def index_prepared(prepared: dict[str, Any], rows: slice) -> dict[str, Any]:
-    """The rows of every entry of a prepared dict (tensors, row-indexable objects, lists of them);
-    ``"metrics"`` and other entries without rows are passed through."""
-
-    def take(value: Any) -> Any:
-        if isinstance(value, Tensor):
-            return value[rows] if value.dim() > 0 else value
-        if isinstance(value, list):
-            return [take(v) for v in value]
-        if hasattr(value, "index") and not isinstance(value, (str, tuple, dict)):
-            return value.index(rows)
-        return value
-
-    return {k: (v if k == "metrics" else take(v)) for k, v in prepared.items()}
-
-
-def cat_prepared(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Concatenate the prepared dicts of consecutive chunks along their rows."""
-
-    def join(values: list[Any]) -> Any:
-        first = values[0]
-        if isinstance(first, Tensor):
-            return torch.cat(values) if first.dim() > 0 else first
-        if isinstance(first, list):
-            return [join([v[i] for v in values]) for i in range(len(first))]
-        if hasattr(type(first), "cat"):
-            return type(first).cat(values)
-        return first
-
-    return {k: join([p[k] for p in parts]) for k in parts[0]}
 
 
 @dataclass
@@ -137,11 +100,26 @@ class ObjectiveContext:
     generator: torch.Generator | None = None
     num_iterations: int = 1
 
-    def gather_groups(self, *tensors: Tensor) -> tuple[list[Tensor], slice]:
-        """All-gather ``[B]`` tensors; return them and the slice of this process's rows."""
-        gathered = [self.gather(t.contiguous()) for t in tensors]
-        b = tensors[0].shape[0]
-        return gathered, slice(self.process_index * b, (self.process_index + 1) * b)
+    def groups(self, rollout: RolloutBatch, *values: Tensor) -> tuple[Groups, list[Tensor]]:
+        """The rollout's group ids and rewards gathered from every process (``Groups``), and each
+        further ``[B]`` tensor in ``values`` gathered the same way (``[N]``, rank-major)."""
+        gathered = [self.gather(t.contiguous()) for t in (rollout.group_ids, rollout.rewards, *values)]
+        b = len(rollout)
+        local = slice(self.process_index * b, (self.process_index + 1) * b)
+        return Groups(gathered[0], gathered[1], local), gathered[2:]
+
+
+@dataclass
+class NoState(RowState):
+    """The state of an objective that freezes nothing per rollout batch."""
+
+
+@dataclass
+class Weighed(Generic[S]):
+    """What ``weigh`` returns: the state with its group-level entries, and metrics to log."""
+
+    state: S
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -156,8 +134,8 @@ class ObjectiveConfig(ComponentConfig):
     """Options every objective shares."""
 
 
-class Objective(ABC):
-    """Turns a rollout batch into a loss.
+class Objective(ABC, Generic[S]):
+    """Turns a rollout batch into a loss; ``S`` is the objective's state (a ``RowState``).
 
     Class attributes declare what the objective needs, so a run with an estimator or a sampler
     that cannot provide it fails at start-up with a clear message:
@@ -165,12 +143,14 @@ class Objective(ABC):
     * ``needs_estimator``: capabilities the estimator must provide (``LikelihoodEstimator.provides``).
     * ``needs_sampler``: what the sampler must record (``Sampler.records``).
     * ``needs_reference`` (property): whether a frozen reference policy is required.
+    * ``supervised``: trains on the task's reference completions (SFT) instead of samples; the
+      trainer takes its data from the task accordingly.
     """
 
     Config: ClassVar[type[ObjectiveConfig]]
     needs_estimator: ClassVar[frozenset[str]] = frozenset()
     preferred_estimator: ClassVar[str | None] = None  # used when a run names no estimator
-    supervised: ClassVar[bool] = False  # trains on the task's reference completions, not samples
+    supervised: ClassVar[bool] = False
 
     def __init__(self, config: ObjectiveConfig) -> None:
         self.config = config
@@ -192,28 +172,18 @@ class Objective(ABC):
         return []
 
     @abstractmethod
-    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> dict[str, Any]:
-        """Row-local frozen quantities of one chunk (called under ``torch.no_grad()``).
+    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> S:
+        """Row-local frozen quantities of one chunk (called under ``torch.no_grad()``)."""
 
-        Every value must have the chunk's rows on its first dimension (tensors, or objects with
-        ``index``/``cat``) so that the trainer can concatenate chunks and slice them again.
-        """
+    def weigh(self, rollout: RolloutBatch, state: S, ctx: ObjectiveContext) -> Weighed[S]:
+        """Group-level quantities over the whole local batch (under ``torch.no_grad()``): the state
+        completed (advantages, weights) and the metrics to log for this rollout batch."""
+        return Weighed(state)
 
-    def weigh(self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext) -> dict[str, Any]:
-        """Group-level quantities over the whole local batch (under ``torch.no_grad()``).
-
-        Return ``prepared`` updated; a ``"metrics"`` entry (``dict[str, float]``) is logged.
-        """
-        return prepared
-
-    def begin_iteration(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
-    ) -> dict[str, Any]:
-        """Hook before each inner iteration (under ``torch.no_grad()``); return ``prepared``."""
-        return prepared
+    def begin_iteration(self, rollout: RolloutBatch, state: S, ctx: ObjectiveContext, iteration: int) -> S:
+        """Hook before each inner iteration (under ``torch.no_grad()``); return the state to use."""
+        return state
 
     @abstractmethod
-    def loss(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
-    ) -> ObjectiveOutput:
+    def loss(self, rollout: RolloutBatch, state: S, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
         """The differentiable loss of one chunk at inner iteration ``iteration`` (0 .. mu-1)."""

@@ -1,6 +1,6 @@
 """`dmpo`: Distribution Matching Policy Optimization, the weighted denoising cross-entropy (WDCE).
 
-Paper: arXiv 2510.08233 (design §2, §2.1). The rollouts o_i ~ p_old are importance-weighted
+Paper: arXiv 2510.08233; docs/objectives.md ("DMPO"). The rollouts o_i ~ p_old are importance-weighted
 samples of the tilted target p*(o|q) ∝ p_ref(o|q) exp(r(q,o)/alpha); per prompt group
 
     w+ = softmax_G(c (log_rnd + r/alpha)),    log_rnd = log p_ref(o) - log p_old(o),
@@ -9,7 +9,7 @@ and the loss is the denoising cross-entropy weighted by the advantage a = w+ - s
 
     L(theta) = sum_i a_i * (1/R) sum_r (1/m_r) sum_{d in M_r} -log pi_theta(o with M_r masked)_{d, o_d}.
 
-Where ddrl follows the published code (§2.1): log_rnd by the ELBO estimator with masks shared by
+Where ddrl follows the published code: log_rnd by the ELBO estimator with masks shared by
 ref and old (default), or exact along the ancestral sampler's path (first version); weights
 normalised over the group gathered from all processes; frozen for the mu optimizer steps of a
 rollout batch; R antithetic loss masks with rates lambda ~ U[0.1, 1] drawn afresh at every step;
@@ -17,28 +17,31 @@ the prompt never masked; summed, not averaged, over the micro-batch.
 Departures: none intended; `unbiased` re-estimates log p_theta at the start of each inner
 iteration on the views used for log p_old (at iteration 0 it equals the `mean` baseline).
 
-``reference: uniform`` is MDNS's setting (design §2.3, energy targets): p_ref(o) = V^-L for every
-completion, so there is no reference model and log_rnd = -log p_old(o) up to a constant, which
-the group softmax ignores. With alpha = 1, ``log_ratio: path`` and the ``ancestral`` sampler the
-weights are exactly MDNS's softmax(r - log p_old(o; sigma)), and ``baseline: none`` is its WDCE.
+``reference: uniform`` is MDNS's setting (arXiv 2508.10684, energy targets): p_ref(o) = V^-L for
+every completion, so there is no reference model and log_rnd = -log p_old(o) up to a constant,
+which the group softmax ignores. With alpha = 1, ``log_ratio: path`` and the ``ancestral`` sampler
+(the path record of ``objectives.path``) the weights are exactly MDNS's
+softmax(r - log p_old(o; sigma)), and ``baseline: none`` is its WDCE.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from dataclasses import dataclass, replace
+from typing import Literal, NamedTuple
 
 import torch
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, model_validator
 from torch import Tensor
 
-from ddrl.batch import truncate_after_eos
 from ddrl.config import ConfigError
-from ddrl.estimators.base import MaskedViews
+from ddrl.estimators.base import MaskedViews, score_views
 from ddrl.estimators.masks import antithetic_masks
 from ddrl.models.base import MaskedDiffusionPolicy
-from ddrl.objectives.denoising import weighted_denoising_ce
-from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch
-from ddrl.objectives.groups import group_index, group_size, group_softmax, group_std, normalized_ess, per_group
+from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch, Weighed
+from ddrl.objectives.denoising import wdce
+from ddrl.objectives.groups import Groups, group_size, group_softmax, group_std, normalized_ess, per_group
+from ddrl.objectives.path import Reference, path_records, path_scorers, recorded_path
+from ddrl.rows import RowState
 
 Baseline = Literal["negative", "mean", "unbiased", "none"]
 
@@ -58,12 +61,15 @@ class DMPOConfig(ObjectiveConfig):
     log_ratio: Literal["estimator", "path"] = Field(
         "estimator", description="estimator: ELBO after generation (published); path: exact, ancestral sampler"
     )
-    reference: Literal["policy", "uniform"] = Field(
+    reference: Reference = Field(
         "policy", description="policy: the frozen initial policy; uniform: p_ref = V^-L, no reference model (MDNS)"
     )
     loss_replicates: int = Field(4, ge=2, description="R antithetic loss masks per completion (even)")
     loss_rate_range: tuple[float, float] = (0.1, 1.0)
-    mask_up_to_eos: bool = Field(False, description="loss masks only up to (and including) the first EOS")
+    mask_after_eos: bool = Field(
+        False, description="loss masks only up to (and including) the first EOS",
+        validation_alias=AliasChoices("mask_after_eos", "mask_up_to_eos"),  # the earlier name still loads
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DMPOConfig:
@@ -76,7 +82,7 @@ class DMPOConfig(ObjectiveConfig):
 
 
 class DMPOWeights(NamedTuple):
-    advantage: Tensor  # [N] a = w+ - strength * baseline (divided by the group std if asked)
+    advantages: Tensor  # [N] a = w+ - strength * b (divided by the group std if asked)
     w_plus: Tensor  # [N] softmax_G(c (log_rnd + r/alpha))
     proximal: Tensor  # [N] the c used for each row's group
     ess: Tensor  # [N] normalised ESS of w+ in each row's group
@@ -94,7 +100,11 @@ def dmpo_weights(
     scale_by_std: bool = False,
     current_log_ratio: Tensor | None = None,
 ) -> DMPOWeights:
-    """DMPO's per-group weights and advantages (design §2.1); all tensors ``[N]``.
+    """DMPO's per-group weights and advantages; all tensors ``[N]`` (docs/objectives.md)::
+
+        w+ = softmax_G(c (log_rnd + r/alpha))       c fixed, or adaptive to hit target_ess
+        a  = w+ - strength * b                       b from ``dmpo_baseline``
+        a  = a / std_G(a)                            if scale_by_std
 
     ``current_log_ratio`` = log p_theta - log p_old, needed by the ``unbiased`` baseline.
     """
@@ -104,20 +114,30 @@ def dmpo_weights(
     if target_ess is not None:
         c = adaptive_proximal(tilt, group_ids, target_ess, proximal)
     w_plus = group_softmax(c * tilt, group_ids)
-    if baseline == "negative":
-        centre = group_softmax(c * (log_rnd - rewards / alpha), group_ids)
-    elif baseline == "mean":
-        centre = 1.0 / group_size(group_ids).to(tilt)
-    elif baseline == "unbiased":
+    advantages = w_plus - strength * dmpo_baseline(baseline, log_rnd, rewards / alpha, c, group_ids, current_log_ratio)
+    if scale_by_std:
+        advantages = advantages / (group_std(advantages, group_ids) + 1e-8)
+    return DMPOWeights(advantages.float(), w_plus.float(), c.float(), normalized_ess(w_plus, group_ids).float())
+
+
+def dmpo_baseline(
+    kind: Baseline, log_rnd: Tensor, reward_tilt: Tensor, c: Tensor, group_ids: Tensor, current_log_ratio: Tensor | None
+) -> Tensor:
+    """``[N]`` b, what is subtracted from w+ (``reward_tilt`` = r/alpha):
+
+    negative: softmax_G(c (log_rnd - r/alpha)), the oppositely tilted weights (sums with w+ to 0 per
+    group, 0 advantage for equal rewards); mean: 1/G; unbiased: softmax_G(log p_theta - log p_old);
+    none: 0 (plain WDCE).
+    """
+    if kind == "negative":
+        return group_softmax(c * (log_rnd - reward_tilt), group_ids)
+    if kind == "mean":
+        return 1.0 / group_size(group_ids).to(log_rnd)
+    if kind == "unbiased":
         if current_log_ratio is None:
             raise ValueError("the unbiased baseline needs current_log_ratio = log p_theta - log p_old")
-        centre = group_softmax(current_log_ratio.double(), group_ids)
-    else:
-        centre = torch.zeros_like(tilt)
-    advantage = w_plus - strength * centre
-    if scale_by_std:
-        advantage = advantage / (group_std(advantage, group_ids) + 1e-8)
-    return DMPOWeights(advantage.float(), w_plus.float(), c.float(), normalized_ess(w_plus, group_ids).float())
+        return group_softmax(current_log_ratio.double(), group_ids)
+    return torch.zeros_like(log_rnd)
 
 
 def adaptive_proximal(
@@ -135,12 +155,25 @@ def adaptive_proximal(
     return torch.where(ok_at_max, torch.full_like(tilt, c_max), lo)
 
 
-def wdce_loss(policy: MaskedDiffusionPolicy, rollout: RolloutBatch, advantage: Tensor, views: MaskedViews) -> Tensor:
-    """sum_i a_i * (1/R) sum_r (1/m_r) sum_{d in M_r} CE: the weights of ``views`` carry 1/(R m_r)."""
-    return weighted_denoising_ce(policy, rollout.batch, advantage, views)
+@dataclass
+class DMPOState(RowState):
+    """What DMPO freezes per rollout batch.
+
+    Attributes:
+        log_rnd: ``[B]`` log p_ref(o) - log p_old(o) (up to a constant for the uniform reference).
+        views: the masked views log p_old (and log p_ref) were estimated on, shared with the
+            current policy by the ``unbiased`` baseline; None with exact path weights.
+        old_logp: ``[B]`` log p_old(o) estimated on ``views`` (None without views).
+        advantages: ``[B]`` a, set by ``weigh``.
+    """
+
+    log_rnd: Tensor
+    views: MaskedViews | None = None
+    old_logp: Tensor | None = None
+    advantages: Tensor | None = None
 
 
-class DMPO(Objective):
+class DMPO(Objective[DMPOState]):
     Config = DMPOConfig
     config: DMPOConfig
     preferred_estimator = "elbo"
@@ -150,98 +183,78 @@ class DMPO(Objective):
         return self.config.reference == "policy"
 
     @property
+    def exact_path(self) -> bool:
+        """log_rnd from the sampler's path record (first version) instead of the estimator."""
+        return self.config.log_ratio == "path"
+
+    @property
     def needs_sampler(self) -> frozenset[str]:
-        if self.config.log_ratio != "path":
-            return frozenset()
-        return frozenset({"exact_path", "scorer_logprobs"} if self.needs_reference else {"exact_path", "token_logprobs"})
+        return path_records(self.needs_reference) if self.exact_path else frozenset()
 
     @property
     def needs_estimator(self) -> frozenset[str]:  # type: ignore[override]
-        return frozenset({"sequence"}) if self.config.log_ratio == "estimator" else frozenset()
+        return frozenset() if self.exact_path else frozenset({"sequence"})
 
     def rollout_scorers(self, ctx: ObjectiveContext) -> list[MaskedDiffusionPolicy]:
-        path = self.config.log_ratio == "path" and self.needs_reference
-        return [ctx.ref_policy] if path and ctx.ref_policy is not None else []
+        return path_scorers(ctx, self.needs_reference) if self.exact_path else []
 
     # -------------------------------------------------------------------------------------------
-    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.config.log_ratio == "estimator" or self.config.baseline == "unbiased":
+    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> DMPOState:
+        views = old_logp = None
+        if not self.exact_path or self.config.baseline == "unbiased":
             # views shared by ref and old (and by the current policy for the unbiased baseline)
-            order = None if rollout.sample is None else rollout.sample.order
-            out["views"] = ctx.estimator.draw(rollout.batch, ctx.generator, order)
-            out["lp_old"] = ctx.estimator.score(ctx.policy, rollout.batch, out["views"]).sequence()
-        uniform = self.config.reference == "uniform"  # log p_ref is a constant: dropped
-        if self.config.log_ratio == "path":
-            s = rollout.sample
-            if s is None or s.token_logprobs is None or (not uniform and not s.scorer_logprobs):
-                raise ConfigError(
-                    "dmpo log_ratio=path needs a sampler that records the log-probs along its path "
-                    "(and the reference's, unless reference=uniform): sampler ancestral; or set "
-                    "objective.log_ratio=estimator"
-                )
-            lp_ref = 0.0 if uniform else s.scorer_logprobs[0].sum(-1)
-            out["log_rnd"] = lp_ref - s.token_logprobs.sum(-1)
-            return out
-        if uniform:
-            out["log_rnd"] = -out["lp_old"]
-            return out
-        if ctx.ref_policy is None:
+            views = ctx.estimator.draw(rollout.batch, ctx.generator, rollout.order)
+            old_logp = ctx.estimator.score(ctx.policy, rollout.batch, views).sequence()
+        if self.exact_path:
+            path = recorded_path(rollout, self.needs_reference, "dmpo log_ratio=path", "set objective.log_ratio=estimator")
+            log_rnd = (0.0 if path.ref_logp is None else path.ref_logp) - path.old_logp
+        elif not self.needs_reference:
+            log_rnd = -old_logp  # type: ignore[operator]  # log p_ref is a constant: dropped
+        elif ctx.ref_policy is None:
             raise ConfigError("dmpo needs a reference policy")
-        lp_ref = ctx.estimator.score(ctx.ref_policy, rollout.batch, out["views"]).sequence()
-        out["log_rnd"] = lp_ref - out["lp_old"]
-        return out
+        else:
+            log_rnd = ctx.estimator.score(ctx.ref_policy, rollout.batch, views).sequence() - old_logp  # type: ignore[arg-type]
+        return DMPOState(log_rnd, views, old_logp)
 
-    def weigh(self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext) -> dict[str, Any]:
-        return self._weigh(rollout, prepared, ctx, current_log_ratio=None)
+    def weigh(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext) -> Weighed[DMPOState]:
+        # iteration 0 of the unbiased baseline: theta == old, log p_theta - log p_old = 0
+        current = torch.zeros_like(state.log_rnd) if self.config.baseline == "unbiased" else None
+        return self._weigh(rollout, state, ctx, current)
 
-    def begin_iteration(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
-    ) -> dict[str, Any]:
-        if self.config.baseline != "unbiased" or iteration == 0 or "views" not in prepared:
-            return prepared
-        lp_now = ctx.estimator.score(ctx.policy, rollout.batch, prepared["views"]).sequence()
-        return self._weigh(rollout, prepared, ctx, current_log_ratio=lp_now - prepared["lp_old"])
+    def begin_iteration(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext, iteration: int) -> DMPOState:
+        if self.config.baseline != "unbiased" or iteration == 0 or state.views is None:
+            return state
+        now = ctx.estimator.score(ctx.policy, rollout.batch, state.views).sequence()
+        return self._weigh(rollout, state, ctx, now - state.old_logp).state
 
     def _weigh(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, current_log_ratio: Tensor | None
-    ) -> dict[str, Any]:
+        self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext, current_log_ratio: Tensor | None
+    ) -> Weighed[DMPOState]:
         cfg = self.config
-        log_rnd = prepared["log_rnd"]
-        if cfg.baseline == "unbiased" and current_log_ratio is None:
-            current_log_ratio = torch.zeros_like(log_rnd)  # iteration 0: theta == old
-        tensors = [log_rnd, rollout.rewards.to(log_rnd), rollout.group_ids]
-        if current_log_ratio is not None:
-            tensors.append(current_log_ratio)
-        gathered, local = ctx.gather_groups(*tensors)
-        g_log_rnd, g_rewards, g_ids = gathered[:3]
+        extra = [] if current_log_ratio is None else [current_log_ratio]
+        groups, (log_rnd, *current) = ctx.groups(rollout, state.log_rnd, *extra)
         w = dmpo_weights(
-            g_log_rnd, g_rewards, g_ids, cfg.alpha, cfg.proximal, cfg.target_ess, cfg.baseline,
-            cfg.baseline_strength, cfg.scale_by_std, gathered[3] if current_log_ratio is not None else None,
+            log_rnd, groups.rewards, groups.ids, cfg.alpha, cfg.proximal, cfg.target_ess, cfg.baseline,
+            cfg.baseline_strength, cfg.scale_by_std, current[0] if current else None,
         )
-        out = dict(prepared)
-        out["advantage"] = w.advantage[local]
-        reward_std = per_group(group_std(g_rewards, g_ids), g_ids)
-        out["metrics"] = {
-            "ess": per_group(w.ess, g_ids).mean().item(),
-            "proximal": per_group(w.proximal, g_ids).mean().item(),
-            "log_ratio_mean": g_log_rnd.mean().item(),
-            "log_ratio_std": g_log_rnd.std().item() if g_log_rnd.numel() > 1 else 0.0,
-            "weight_max": w.w_plus.max().item(),
-            "advantage_abs_mean": w.advantage.abs().mean().item(),
-            "frac_reward_zero_std": (reward_std < 1e-6).float().mean().item(),
-            "num_groups": float(group_index(g_ids)[1]),
-        }
-        return out
+        return Weighed(replace(state, advantages=groups.mine(w.advantages)), self._metrics(groups, log_rnd, w))
 
-    def loss(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
-    ) -> ObjectiveOutput:
+    @staticmethod
+    def _metrics(groups: Groups, log_rnd: Tensor, w: DMPOWeights) -> dict[str, float]:
+        return {
+            "ess": per_group(w.ess, groups.ids).mean().item(),
+            "proximal": per_group(w.proximal, groups.ids).mean().item(),
+            "log_ratio_mean": log_rnd.mean().item(),
+            "log_ratio_std": log_rnd.std().item() if log_rnd.numel() > 1 else 0.0,
+            "weight_max": w.w_plus.max().item(),
+            "advantage_abs_mean": w.advantages.abs().mean().item(),
+            "frac_reward_zero_std": groups.frac_reward_zero_std(),
+            "num_groups": float(groups.count),
+        }
+
+    def loss(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
         cfg = self.config
-        valid = rollout.batch.completion_mask
-        eos = ctx.policy.eos_token_id
-        if cfg.mask_up_to_eos and eos is not None:
-            valid = valid & truncate_after_eos(rollout.batch.completion_ids, eos)
-        views = antithetic_masks(valid, cfg.loss_replicates, ctx.generator, cfg.loss_rate_range, "inverse_masked")
-        loss = wdce_loss(ctx.policy, rollout, prepared["advantage"], views)
+        batch = rollout.batch.up_to_eos(ctx.policy.eos_token_id) if cfg.mask_after_eos else rollout.batch
+        views = antithetic_masks(batch.completion_mask, cfg.loss_replicates, ctx.generator, cfg.loss_rate_range, "inverse_masked")
+        loss = wdce(score_views(ctx.policy, rollout.batch, views), views.weights, state.advantages)
         return ObjectiveOutput(loss, {"wdce": loss.item()})

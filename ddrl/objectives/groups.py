@@ -3,14 +3,65 @@
 All functions take flat ``[N]`` tensors and ``group_ids [N]`` and return ``[N]`` (each row gets
 its group's statistic), so they work unchanged on a batch gathered from several processes.
 
-Public API: plugin objectives normalise their groups with these (gather first with
-``ObjectiveContext.gather_groups``, so that a prompt's group is normalised as a whole).
+Public API, the scaffold every objective's ``weigh`` is built from (plugins included)::
+
+    groups, (log_rnd,) = ctx.groups(rollout, state.log_rnd)   # gathered over processes: Groups
+    adv = group_advantages(groups.rewards, groups.ids)        # [N] r - mean_group(r)
+    state = replace(state, advantages=groups.mine(adv).float())
+    metrics = {"frac_reward_zero_std": groups.frac_reward_zero_std()}
+
+so that a prompt's group is normalised as a whole even when its completions live on several
+processes.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import Tensor
+
+Centre = Literal["group_mean", "leave_one_out"]
+
+
+@dataclass(frozen=True)
+class Groups:
+    """A rollout batch's rows gathered from every process, rank-major (``ctx.groups``).
+
+    Attributes:
+        ids: ``[N]`` the group (prompt) id of every row.
+        rewards: ``[N]`` every row's reward, as the rollout holds it.
+        local: this process's rows of every gathered ``[N]`` tensor.
+    """
+
+    ids: Tensor
+    rewards: Tensor
+    local: slice
+
+    def mine(self, x: Tensor) -> Tensor:
+        """This process's rows of a gathered ``[N]`` tensor."""
+        return x[self.local]
+
+    @property
+    def count(self) -> int:
+        """Number of groups (prompts)."""
+        return group_index(self.ids)[1]
+
+    def frac_reward_zero_std(self) -> float:
+        """Share of groups whose rewards are all equal (no learning signal for a relative advantage)."""
+        std = per_group(group_std(self.rewards.double(), self.ids), self.ids)
+        return (std < 1e-6).float().mean().item()
+
+
+def group_advantages(rewards: Tensor, group_ids: Tensor, centre: Centre = "group_mean", scale: bool = False) -> Tensor:
+    """``[N]`` float64 A = r - centre (the group mean, or the mean of the other rows), divided by
+    (std_group(r) + 1e-4) when ``scale`` (sample std; GRPO's and TraceRL's z-score)."""
+    r = rewards.double()
+    adv = r - (group_mean(r, group_ids) if centre == "group_mean" else leave_one_out_mean(r, group_ids))
+    if scale:
+        adv = adv / (group_std(r, group_ids) + 1e-4)
+    return adv
 
 
 def group_index(group_ids: Tensor) -> tuple[Tensor, int]:

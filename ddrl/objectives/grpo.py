@@ -17,17 +17,20 @@ micro-batch: sum(per_token_loss * mask) / sum(mask).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from pydantic import ConfigDict, Field
 from torch import Tensor
 
-from ddrl.batch import SequenceBatch, truncate_after_eos
+from ddrl.batch import SequenceBatch
 from ddrl.config import ConfigError
-from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch
-from ddrl.objectives.groups import group_mean, group_std, leave_one_out_mean, per_group
-from ddrl.objectives.ppo import clipped_surrogate, k3_kl, masked_mean
+from ddrl.estimators.base import MaskedViews
+from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch, Weighed
+from ddrl.objectives.groups import Centre, group_advantages
+from ddrl.objectives.ppo import clip_metrics, masked_mean, token_ppo_loss
+from ddrl.rows import RowState
 
 
 class GRPOFamilyConfig(ObjectiveConfig):
@@ -36,7 +39,7 @@ class GRPOFamilyConfig(ObjectiveConfig):
     beta: float = Field(0.04, ge=0, description="k3 KL coefficient to the reference; 0 = no reference")
     epsilon: float = Field(0.5, gt=0, description="clip: ratio >= 1 - epsilon")
     epsilon_high: float | None = Field(None, gt=0, description="clip: ratio <= 1 + epsilon_high (null = epsilon)")
-    baseline: Literal["group_mean", "leave_one_out"] = "group_mean"
+    baseline: Centre = "group_mean"
     scale_rewards: bool = Field(False, description="divide advantages by the group's reward std")
     mask_after_eos: bool = Field(True, description="count completion tokens up to the first EOS only")
 
@@ -48,20 +51,21 @@ class DiffuGRPOConfig(GRPOFamilyConfig):
 class CoupledGRPOConfig(GRPOFamilyConfig):
     name: str = "coupled_grpo"
     beta: float = Field(0.01, ge=0, description="k3 KL coefficient to the reference; 0 = no reference")
-    baseline: Literal["group_mean", "leave_one_out"] = "leave_one_out"
+    baseline: Centre = "leave_one_out"
 
 
-def group_advantages(rewards: Tensor, group_ids: Tensor, baseline: str, scale: bool) -> Tensor:
-    """``[N]`` A = r - baseline (group mean or leave-one-out), optionally / (group std + 1e-4)."""
-    r = rewards.double()
-    centre = group_mean(r, group_ids) if baseline == "group_mean" else leave_one_out_mean(r, group_ids)
-    adv = r - centre
-    if scale:
-        adv = adv / (group_std(r, group_ids) + 1e-4)
-    return adv.float()
+@dataclass
+class GRPOState(RowState):
+    """Per inner iteration k: the views (``views[k]``) and the old and reference per-token
+    log-probs on them (``[B, mu, L]``); the advantages (``[B]``) set by ``weigh``."""
+
+    views: list[MaskedViews]
+    old_logp: Tensor
+    ref_logp: Tensor | None = None
+    advantages: Tensor | None = None
 
 
-class _GRPOFamily(Objective):
+class _GRPOFamily(Objective[GRPOState]):
     """Shared implementation; the registered classes only choose the defaults."""
 
     Config: ClassVar[type[GRPOFamilyConfig]]
@@ -72,58 +76,39 @@ class _GRPOFamily(Objective):
     def needs_reference(self) -> bool:
         return self.config.beta > 0
 
-    def _valid(self, batch: SequenceBatch, ctx: ObjectiveContext) -> SequenceBatch:
-        eos = ctx.policy.eos_token_id
-        if not self.config.mask_after_eos or eos is None:
-            return batch
-        return batch.with_completion_mask(batch.completion_mask & truncate_after_eos(batch.completion_ids, eos))
+    def _valid(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> SequenceBatch:
+        return rollout.batch.up_to_eos(ctx.policy.eos_token_id) if self.config.mask_after_eos else rollout.batch
 
-    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> dict[str, Any]:
-        batch = self._valid(rollout.batch, ctx)
-        order = None if rollout.sample is None else rollout.sample.order
+    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> GRPOState:
+        batch = self._valid(rollout, ctx)
+        if self.needs_reference and ctx.ref_policy is None:
+            raise ConfigError(f"{self.config.name} with beta > 0 needs a reference policy (or set objective.beta=0)")
         views, old, ref = [], [], []
-        for _ in range(ctx.num_iterations):
-            v = ctx.estimator.draw(batch, ctx.generator, order)
+        for _ in range(ctx.num_iterations):  # view set k serves inner iteration k
+            v = ctx.estimator.draw(batch, ctx.generator, rollout.order)
             views.append(v)
             old.append(ctx.estimator.score(ctx.policy, batch, v).per_token())
             if self.needs_reference:
-                if ctx.ref_policy is None:
-                    raise ConfigError(f"{self.config.name} with beta > 0 needs a reference policy (or set objective.beta=0)")
-                ref.append(ctx.estimator.score(ctx.ref_policy, batch, v).per_token())
-        out: dict[str, Any] = {"views": views, "old_logp": torch.stack(old, 1)}  # (B, mu, L)
-        if ref:
-            out["ref_logp"] = torch.stack(ref, 1)
-        return out
+                ref.append(ctx.estimator.score(ctx.ref_policy, batch, v).per_token())  # type: ignore[arg-type]
+        return GRPOState(views, torch.stack(old, 1), torch.stack(ref, 1) if ref else None)  # (B, mu, L)
 
-    def weigh(self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext) -> dict[str, Any]:
-        (rewards, ids), local = ctx.gather_groups(rollout.rewards.float(), rollout.group_ids)
-        adv = group_advantages(rewards, ids, self.config.baseline, self.config.scale_rewards)
-        std = per_group(group_std(rewards.double(), ids), ids)
-        out = dict(prepared)
-        out["advantages"] = adv[local]
-        out["metrics"] = {"frac_reward_zero_std": (std < 1e-6).float().mean().item()}
-        return out
+    def weigh(self, rollout: RolloutBatch, state: GRPOState, ctx: ObjectiveContext) -> Weighed[GRPOState]:
+        groups, _ = ctx.groups(rollout)
+        adv = group_advantages(groups.rewards, groups.ids, self.config.baseline, self.config.scale_rewards)
+        state = replace(state, advantages=groups.mine(adv).float())
+        return Weighed(state, {"frac_reward_zero_std": groups.frac_reward_zero_std()})
 
-    def loss(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
-    ) -> ObjectiveOutput:
+    def loss(self, rollout: RolloutBatch, state: GRPOState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
         cfg = self.config
-        batch = self._valid(rollout.batch, ctx)
-        scored = ctx.estimator.score(ctx.policy, batch, prepared["views"][iteration])
+        scored = ctx.estimator.score(ctx.policy, self._valid(rollout, ctx), state.views[iteration])
         logp, mask = scored.per_token(), scored.token_mask  # (B, L)
+        ref = None if state.ref_logp is None else state.ref_logp[:, iteration]
         eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
-        ppo = clipped_surrogate(logp, prepared["old_logp"][:, iteration], prepared["advantages"], cfg.epsilon, eps_high)
-        per_token = ppo.loss
-        metrics = {
-            "clip_ratio": masked_mean((ppo.low_clipped | ppo.high_clipped).float(), mask).item(),
-            "clip_ratio_low": masked_mean(ppo.low_clipped.float(), mask).item(),
-            "clip_ratio_high": masked_mean(ppo.high_clipped.float(), mask).item(),
-        }
-        if self.needs_reference:
-            kl = k3_kl(logp, prepared["ref_logp"][:, iteration])
-            per_token = per_token + cfg.beta * kl
-            metrics["kl"] = masked_mean(kl, mask).item()
-        return ObjectiveOutput(masked_mean(per_token, mask), metrics)
+        out = token_ppo_loss(logp, state.old_logp[:, iteration], state.advantages, mask, cfg.epsilon, eps_high, cfg.beta, ref)
+        metrics = clip_metrics(out, mask)
+        if out.kl is not None:
+            metrics["kl"] = masked_mean(out.kl, mask).item()
+        return ObjectiveOutput(out.loss, metrics)
 
 
 class DiffuGRPO(_GRPOFamily):

@@ -20,14 +20,14 @@ each later one.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 from pydantic import ConfigDict
 from torch import Tensor
 
-from ddrl.objectives.base import ObjectiveContext, ObjectiveOutput, RolloutBatch
+from ddrl.objectives.base import ObjectiveContext, ObjectiveOutput, RolloutBatch, Weighed
 from ddrl.objectives.groups import group_mean, group_size
-from ddrl.objectives.path import PathObjective, PathObjectiveConfig, path_log_ratio
+from ddrl.objectives.path import PathObjective, PathObjectiveConfig, PathState, path_log_ratio
 
 
 class LogVarianceConfig(PathObjectiveConfig):
@@ -47,36 +47,22 @@ class LogVariance(PathObjective):
     Config = LogVarianceConfig
     config: LogVarianceConfig
 
-    def weigh(self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext) -> dict[str, Any]:
-        return self._centre(rollout, prepared, ctx, prepared["lp_old"], with_metrics=True)
+    def weigh(self, rollout: RolloutBatch, state: PathState, ctx: ObjectiveContext) -> Weighed[PathState]:
+        return self._centre(rollout, state, ctx, state.old_logp, with_metrics=True)
 
-    def begin_iteration(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
-    ) -> dict[str, Any]:
+    def begin_iteration(self, rollout: RolloutBatch, state: PathState, ctx: ObjectiveContext, iteration: int) -> PathState:
         if iteration == 0:
-            return prepared  # theta == old: the centre from the sampler's record is current
-        return self._centre(rollout, prepared, ctx, self.path_log_probs(rollout, prepared, ctx).double())
+            return state  # theta == old: the centre from the sampler's record is current
+        return self._centre(rollout, state, ctx, self.path_log_probs(rollout, state, ctx).double()).state
 
     def _centre(
-        self,
-        rollout: RolloutBatch,
-        prepared: dict[str, Any],
-        ctx: ObjectiveContext,
-        log_q: Tensor,
-        with_metrics: bool = False,
-    ) -> dict[str, Any]:
-        f = path_log_ratio(log_q, prepared["log_target"])
-        (g_f, g_ids), local = ctx.gather_groups(f, rollout.group_ids)
-        out = dict(prepared)
-        out["centre"] = group_mean(g_f, g_ids)[local]
-        out["group_size"] = group_size(g_ids)[local]
-        if with_metrics:
-            out["metrics"] = self.path_metrics(g_f, g_ids)
-        return out
+        self, rollout: RolloutBatch, state: PathState, ctx: ObjectiveContext, log_q: Tensor, with_metrics: bool = False
+    ) -> Weighed[PathState]:
+        groups, (f,) = ctx.groups(rollout, path_log_ratio(log_q, state.log_target))
+        centred = replace(state, centre=groups.mine(group_mean(f, groups.ids)), group_size=groups.mine(group_size(groups.ids)))
+        return Weighed(centred, self.path_metrics(f, groups.ids) if with_metrics else {})
 
-    def loss(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
-    ) -> ObjectiveOutput:
-        f = path_log_ratio(self.path_log_probs(rollout, prepared, ctx).double(), prepared["log_target"])
-        loss = log_variance_loss(f, prepared["centre"], prepared["group_size"]).float()
+    def loss(self, rollout: RolloutBatch, state: PathState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
+        f = path_log_ratio(self.path_log_probs(rollout, state, ctx).double(), state.log_target)
+        loss = log_variance_loss(f, state.centre, state.group_size).float()
         return ObjectiveOutput(loss, {"log_variance": loss.item()})

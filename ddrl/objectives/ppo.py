@@ -42,3 +42,45 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of ``x`` over the True entries of ``mask`` (0 when there are none)."""
     mask = mask.to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+class TokenPPOLoss(NamedTuple):
+    loss: Tensor  # scalar: the masked token mean of the per-token loss
+    surrogate: ClippedSurrogate  # per-token clipped objective, ratios and clip flags ([B, L])
+    kl: Tensor | None  # [B, L] k3 KL to ``kl_logp``, or None
+
+
+def token_ppo_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    eps_low: float,
+    eps_high: float,
+    beta: float = 0.0,
+    kl_logp: Tensor | None = None,
+) -> TokenPPOLoss:
+    """GRPO's token loss, averaged over the ``mask [B, L]`` tokens of the micro-batch::
+
+        loss = mean_t [ -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A) + beta * k3_t ]
+
+    ``logp, old_logp [B, L]`` (rho = exp(logp - old_logp)), ``advantages [B]``; the k3 term, against
+    ``kl_logp [B, L]`` (the reference for GRPO, the old policy for TraceRL), only when it is given.
+    """
+    ppo = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    per_token = ppo.loss
+    kl = None
+    if kl_logp is not None:
+        kl = k3_kl(logp, kl_logp)
+        per_token = per_token + beta * kl
+    return TokenPPOLoss(masked_mean(per_token, mask), ppo, kl)
+
+
+def clip_metrics(loss: TokenPPOLoss, mask: Tensor) -> dict[str, float]:
+    """TRL's clip statistics over the ``mask`` tokens: ``clip_ratio`` (either side), ``_low``, ``_high``."""
+    s = loss.surrogate
+    return {
+        "clip_ratio": masked_mean((s.low_clipped | s.high_clipped).float(), mask).item(),
+        "clip_ratio_low": masked_mean(s.low_clipped.float(), mask).item(),
+        "clip_ratio_high": masked_mean(s.high_clipped.float(), mask).item(),
+    }

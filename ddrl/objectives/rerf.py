@@ -21,14 +21,15 @@ Unlike WDCE this is mode-seeking: on a symmetric two-mode target it may settle o
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Literal
 
 from pydantic import ConfigDict
 from torch import Tensor
 
-from ddrl.objectives.base import ObjectiveContext, ObjectiveOutput, RolloutBatch
+from ddrl.objectives.base import ObjectiveContext, ObjectiveOutput, RolloutBatch, Weighed
 from ddrl.objectives.groups import group_mean, group_size, leave_one_out_mean
-from ddrl.objectives.path import PathObjective, PathObjectiveConfig, path_log_ratio
+from ddrl.objectives.path import PathObjective, PathObjectiveConfig, PathState, path_log_ratio
 
 
 class RERFConfig(PathObjectiveConfig):
@@ -57,20 +58,15 @@ class RERF(PathObjective):
     Config = RERFConfig
     config: RERFConfig
 
-    def weigh(self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext) -> dict[str, Any]:
-        f_old = path_log_ratio(prepared["lp_old"], prepared["log_target"])
-        (g_f, g_ids), local = ctx.gather_groups(f_old, rollout.group_ids)
-        out = dict(prepared)
-        out["baseline"] = rerf_baseline(g_f, g_ids, self.config.baseline)[local]
-        out["group_size"] = group_size(g_ids)[local]
-        out["metrics"] = self.path_metrics(g_f, g_ids)
-        return out
+    def weigh(self, rollout: RolloutBatch, state: PathState, ctx: ObjectiveContext) -> Weighed[PathState]:
+        groups, (f_old,) = ctx.groups(rollout, path_log_ratio(state.old_logp, state.log_target))
+        baseline = groups.mine(rerf_baseline(f_old, groups.ids, self.config.baseline))
+        state = replace(state, centre=baseline, group_size=groups.mine(group_size(groups.ids)))
+        return Weighed(state, self.path_metrics(f_old, groups.ids))
 
-    def loss(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
-    ) -> ObjectiveOutput:
-        log_q = self.path_log_probs(rollout, prepared, ctx).double()
-        ratio = (log_q.detach() - prepared["lp_old"]).exp()
-        f = path_log_ratio(log_q, prepared["log_target"])
-        loss = rerf_loss(f, prepared["baseline"], ratio, prepared["group_size"]).float()
+    def loss(self, rollout: RolloutBatch, state: PathState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
+        log_q = self.path_log_probs(rollout, state, ctx).double()
+        ratio = (log_q.detach() - state.old_logp).exp()
+        f = path_log_ratio(log_q, state.log_target)
+        loss = rerf_loss(f, state.centre, ratio, state.group_size).float()
         return ObjectiveOutput(loss, {"rerf_surrogate": loss.item(), "path_ratio_mean": ratio.mean().item()})

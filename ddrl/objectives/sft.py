@@ -1,4 +1,4 @@
-"""`sft`: masked-diffusion supervised fine-tuning, LLaDA's published recipe (design §2.3).
+"""`sft`: masked-diffusion supervised fine-tuning, LLaDA's published recipe (docs/objectives.md, "SFT").
 
 The prompt stays clean; per sequence t ~ U(0, 1), p_mask = (1 - eps) t + eps (eps = 1e-3); the
 loss is sum over masked positions of CE / p_mask, divided by the answer length (trailing EOS
@@ -6,19 +6,21 @@ padding included, so the model learns to stop), averaged over the batch. ``norma
 divides by the total number of answer tokens of the micro-batch instead (as other libraries do).
 It is the weighted denoising cross-entropy with unit weights (``objectives.denoising``).
 
-The completions are the data's (a `reference` data source), not samples: no reward is used.
+The completions are the data's, not samples (``supervised = True``: the trainer takes the task's
+reference completions): no reward is used.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import ConfigDict, Field
 
+from ddrl.estimators.base import score_views
 from ddrl.estimators.masks import sft_masks
-from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch
-from ddrl.objectives.denoising import weighted_denoising_ce
+from ddrl.objectives.base import NoState, Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch
+from ddrl.objectives.denoising import wdce
 
 
 class SFTConfig(ObjectiveConfig):
@@ -31,17 +33,15 @@ class SFTConfig(ObjectiveConfig):
     )
 
 
-class SFT(Objective):
+class SFT(Objective[NoState]):
     Config = SFTConfig
     config: SFTConfig
     supervised = True
 
-    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> dict[str, Any]:
-        return {}
+    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> NoState:
+        return NoState()
 
-    def loss(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
-    ) -> ObjectiveOutput:
+    def loss(self, rollout: RolloutBatch, state: NoState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
         valid = rollout.batch.completion_mask
         views = sft_masks(valid, ctx.generator, self.config.eps)
         b = valid.shape[0]
@@ -51,5 +51,5 @@ class SFT(Objective):
             rows = lengths / valid.sum().clamp(min=1).float()
         else:
             rows = torch.full((b,), 1.0 / b, device=valid.device)
-        loss = weighted_denoising_ce(ctx.policy, rollout.batch, rows, views)
+        loss = wdce(score_views(ctx.policy, rollout.batch, views), views.weights, rows)
         return ObjectiveOutput(loss, {"sft_loss": loss.item()})

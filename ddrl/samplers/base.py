@@ -20,10 +20,11 @@ from torch import Tensor
 from ddrl.batch import SequenceBatch
 from ddrl.config import ComponentConfig
 from ddrl.models.base import MaskedDiffusionPolicy
+from ddrl.rows import RowState, summed
 
 
 @dataclass
-class SampleOutput:
+class SampleOutput(RowState):
     """Completions and, where the sampler records them, their trajectory.
 
     Attributes:
@@ -34,15 +35,18 @@ class SampleOutput:
             temperature 1, or None. With one token per step these sum to the exact path
             log-probability log p(o | q; sigma).
         scorer_logprobs: per extra scoring policy, the same quantity under that policy (``[B, L]``).
-        nfe: forward passes of the sampling policy (a classifier-free-guidance pass counts as 2).
+        nfe: forward passes of the sampling policy (a classifier-free-guidance pass counts as 2);
+            chunks joined with ``cat`` add up.
         num_steps: number of denoising steps taken.
+
+    ``index``/``cat`` (``ddrl.rows.RowState``) slice and join every row field, subclasses' included.
     """
 
     batch: SequenceBatch
     unmask_step: Tensor | None = None
     token_logprobs: Tensor | None = None
     scorer_logprobs: list[Tensor] = field(default_factory=list)
-    nfe: int = 0
+    nfe: int = summed()
     num_steps: int = 0
 
     @property

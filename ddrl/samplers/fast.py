@@ -35,6 +35,7 @@ from torch import Tensor
 from ddrl.batch import SequenceBatch
 from ddrl.models.base import MaskedDiffusionPolicy, suppress_token
 from ddrl.models.cache import KVCache
+from ddrl.rows import summed
 from ddrl.samplers.base import Sampler, SampleOutput, check_prompts
 from ddrl.samplers.block import BlockSamplerConfig
 from ddrl.samplers.schedule import candidates, num_transfer_tokens, record_reveal, top_per_row
@@ -74,10 +75,10 @@ class FastSampleOutput(SampleOutput):
 
     Attributes:
         full_passes: sum over forward passes of (positions computed) / (canvas width), a guided
-            pass counted twice; equals ``nfe`` without a cache.
+            pass counted twice; equals ``nfe`` without a cache. Chunks joined with ``cat`` add up.
     """
 
-    full_passes: float = 0.0
+    full_passes: float = summed(0.0)
 
 
 def confident_per_row(confidence: Tensor, threshold: float) -> Tensor:

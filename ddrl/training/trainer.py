@@ -24,21 +24,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ddrl.config import ConfigError, RunConfig, dump_yaml, resolve_config
-from ddrl.objectives.base import Objective, ObjectiveContext, RolloutBatch, cat_prepared, index_prepared
+from ddrl.objectives.base import Objective, ObjectiveContext, RolloutBatch
 from ddrl.registry import Registry
 from ddrl.training.curves import plot_curves
 from ddrl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ddrl.training.distributed import TrainedPolicy, make_accelerator
 from ddrl.training.logger import MetricsLogger, read_metrics
 from ddrl.training.optim import build_optimizer, set_learning_rate
-from ddrl.training.rollout import (
-    ChunkStats,
-    PromptSchedule,
-    RolloutPlan,
-    cat_rollouts,
-    generate_chunk,
-    reference_chunk,
-)
+from ddrl.rows import RowState
+from ddrl.training.rollout import ChunkStats, PromptSchedule, RolloutPlan, generate_chunk, reference_chunk
 from ddrl.training.seeding import derive_seed, keyed_generator
 
 CONFIG_FILE = "config.yaml"
@@ -63,12 +57,14 @@ class TrainResult:
 
 @dataclass
 class _Rollout:
-    """A rollout batch on this process: chunks as generated, and the objective's frozen state."""
+    """A rollout batch on this process: chunks as generated, all of them joined (``local``), and
+    the objective's state over the local rows."""
 
     index: int
     chunks: list[RolloutBatch]
+    local: RolloutBatch
     stats: list[ChunkStats]
-    prepared: dict[str, Any]
+    state: RowState
     metrics: dict[str, float]
 
 
@@ -273,7 +269,7 @@ class Trainer:
         plan = self.plan
         prompt_idx = self.schedule.indices(index, plan.num_prompts)
         scorers = self.objective.rollout_scorers(self._context(None))
-        chunks, stats, prepared = [], [], []
+        chunks, stats, states = [], [], []
         for c in plan.my_chunks():
             rows = plan.chunk_rows(c)
             examples = [self.examples[prompt_idx[r // plan.num_generations]] for r in rows]
@@ -281,12 +277,11 @@ class Trainer:
             chunk, st = self._chunk(index, c, examples, groups, scorers)
             chunks.append(chunk)
             stats.append(st)
-            prepared.append(self.objective.prepare(chunk, self._context(self._key("prepare", index, c))))
-        local = cat_rollouts(chunks)
-        weighed = self.objective.weigh(local, cat_prepared(prepared), self._context(None))
-        metrics = weighed.pop("metrics", {})
-        metrics.update(self._rollout_metrics(local, stats))
-        return _Rollout(index, chunks, stats, weighed, metrics)
+            states.append(self.objective.prepare(chunk, self._context(self._key("prepare", index, c))))
+        local = RolloutBatch.cat(chunks)
+        weighed = self.objective.weigh(local, type(states[0]).cat(states), self._context(None))
+        metrics = {**weighed.metrics, **self._rollout_metrics(local, stats)}
+        return _Rollout(index, chunks, local, stats, weighed.state, metrics)
 
     def _chunk(
         self, index: int, chunk: int, examples: list, groups: list[int], scorers: list
@@ -322,10 +317,8 @@ class Trainer:
         tc = self.cfg.train
         self.policy.train()
         with torch.no_grad():
-            rollout.prepared = self.objective.begin_iteration(
-                cat_rollouts(rollout.chunks), rollout.prepared, self._context(self._key("iteration", rollout.index, iteration)),
-                iteration,
-            )
+            ctx = self._context(self._key("iteration", rollout.index, iteration))
+            rollout.state = self.objective.begin_iteration(rollout.local, rollout.state, ctx, iteration)
         lr = set_learning_rate(self.optimizer, step, tc)
         losses, loss_metrics = [], []
         chunks = self.plan.my_chunks()
@@ -334,7 +327,7 @@ class Trainer:
             ctx = self._context(self._key("loss", rollout.index, iteration, c), trained=True)
             sync = i == len(chunks) - 1
             with (nullcontext() if sync else self.accelerator.no_sync(self.wrapped)):
-                out = self.objective.loss(chunk, index_prepared(rollout.prepared, rows), ctx, iteration)
+                out = self.objective.loss(chunk, rollout.state.index(rows), ctx, iteration)
                 self.accelerator.backward(out.loss / tc.gradient_accumulation_steps)
             losses.append(out.loss.detach())
             loss_metrics.append(out.metrics)

@@ -1,4 +1,4 @@
-"""`spg`: Sandwiched Policy Gradient (arXiv 2510.09541; design §2.2).
+"""`spg`: Sandwiched Policy Gradient (arXiv 2510.09541).
 
 With A_i = r_i - mean_group(r) (no std division) and len_i the completion's valid length,
 
@@ -28,15 +28,16 @@ Departures from the published code:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, NamedTuple
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 import torch
 from pydantic import ConfigDict, Field
 from torch import Tensor
 
-from ddrl.batch import SequenceBatch, truncate_after_eos
-from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch
-from ddrl.objectives.groups import group_mean, group_std, per_group
+from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch, Weighed
+from ddrl.objectives.groups import group_advantages
+from ddrl.rows import RowState
 
 NegativeBound = Literal["mix", "upper", "elbo"]
 
@@ -96,44 +97,38 @@ def spg_loss(
     return -(a * lengths * p).sum() / lengths.sum().clamp(min=1)
 
 
-class SPG(Objective):
+@dataclass
+class SPGState(RowState):
+    """``advantages [B]``: A = r - mean_group(r), set by ``weigh`` (nothing is frozen per row)."""
+
+    advantages: Tensor | None = None
+
+
+class SPG(Objective[SPGState]):
     """SPG on any estimator's views (published: `blockwise`, K = 2)."""
 
     Config = SPGConfig
     config: SPGConfig
     preferred_estimator = "blockwise"
 
-    def _valid(self, batch: SequenceBatch, ctx: ObjectiveContext) -> SequenceBatch:
-        eos = ctx.policy.eos_token_id
-        if not self.config.mask_after_eos or eos is None:
-            return batch
-        return batch.with_completion_mask(batch.completion_mask & truncate_after_eos(batch.completion_ids, eos))
+    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> SPGState:
+        return SPGState()  # no old or reference log-probs
 
-    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> dict[str, Any]:
-        return {}  # nothing row-local is frozen: no old or reference log-probs
-
-    def weigh(self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext) -> dict[str, Any]:
-        (rewards, ids), local = ctx.gather_groups(rollout.rewards.float(), rollout.group_ids)
-        r = rewards.double()
-        advantage = (r - group_mean(r, ids)).float()
-        std = per_group(group_std(r, ids), ids)
-        out = dict(prepared)
-        out["advantages"] = advantage[local]
-        out["metrics"] = {
-            "frac_positive": (advantage > 0).float().mean().item(),
-            "frac_reward_zero_std": (std < 1e-6).float().mean().item(),
+    def weigh(self, rollout: RolloutBatch, state: SPGState, ctx: ObjectiveContext) -> Weighed[SPGState]:
+        groups, _ = ctx.groups(rollout)
+        advantages = group_advantages(groups.rewards, groups.ids).float()
+        metrics = {
+            "frac_positive": (advantages > 0).float().mean().item(),
+            "frac_reward_zero_std": groups.frac_reward_zero_std(),
         }
-        return out
+        return Weighed(SPGState(groups.mine(advantages)), metrics)
 
-    def loss(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
-    ) -> ObjectiveOutput:
+    def loss(self, rollout: RolloutBatch, state: SPGState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
         cfg = self.config
-        batch = self._valid(rollout.batch, ctx)
-        order = None if rollout.sample is None else rollout.sample.order
-        views = ctx.estimator.draw(batch, ctx.generator, order)  # fresh masks at every step
+        batch = rollout.batch.up_to_eos(ctx.policy.eos_token_id) if cfg.mask_after_eos else rollout.batch
+        views = ctx.estimator.draw(batch, ctx.generator, rollout.order)  # fresh masks at every step
         logprobs = ctx.estimator.score(ctx.policy, batch, views).logprobs  # (B, K, L)
         bounds = sandwich_bounds(logprobs, views.scored, batch.completion_mask, cfg.eubo_beta)
         lengths = batch.completion_mask.sum(-1)
-        loss = spg_loss(bounds, prepared["advantages"], lengths, cfg.negative_bound, cfg.mix_weight)
+        loss = spg_loss(bounds, state.advantages, lengths, cfg.negative_bound, cfg.mix_weight)
         return ObjectiveOutput(loss, {"elbo": bounds.elbo.mean().item(), "upper": bounds.upper.mean().item()})

@@ -112,8 +112,8 @@ def test_objective_loss_and_gradient_equal_the_bounds_by_hand(registry, ab_polic
     twin = same_state(g)
     ctx = ObjectiveContext(policy=ab_policy, estimator=estimator, generator=g)
     with torch.no_grad():
-        prepared = objective.weigh(roll, objective.prepare(roll, ctx), ctx)
-    assert torch.allclose(prepared["advantages"], torch.tensor([0.5, -0.5, -0.2, 0.2]))
+        prepared = objective.weigh(roll, objective.prepare(roll, ctx), ctx).state
+    assert torch.allclose(prepared.advantages, torch.tensor([0.5, -0.5, -0.2, 0.2]))
     out = objective.loss(roll, prepared, ctx, 0)
 
     valid = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]]).bool()

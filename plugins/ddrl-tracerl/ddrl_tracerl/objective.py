@@ -1,4 +1,4 @@
-"""`tracerl`: trajectory-aware RL for diffusion LLMs (TraceRL, arXiv 2509.06949; design §2.2).
+"""`tracerl`: trajectory-aware RL for diffusion LLMs (TraceRL, arXiv 2509.06949).
 
 TraceRL trains on the sampler's own trajectory instead of random masks. The sampler records the step
 at which each completion token was revealed (``SampleOutput.unmask_step``); consecutive steps are
@@ -25,18 +25,19 @@ Departures from the published code:
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ConfigDict, Field
 from torch import Tensor
 
-from ddrl.batch import SequenceBatch, truncate_after_eos
 from ddrl.config import ConfigError
 from ddrl.estimators.base import MaskedViews, score_views
 from ddrl.estimators.masks import trajectory_masks
-from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch
-from ddrl.objectives.groups import group_mean, group_std, per_group
-from ddrl.objectives.ppo import clipped_surrogate, k3_kl, masked_mean
+from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch, Weighed
+from ddrl.objectives.groups import group_advantages
+from ddrl.objectives.ppo import clip_metrics, masked_mean, token_ppo_loss
+from ddrl.rows import RowState
 
 
 class TraceRLConfig(ObjectiveConfig):
@@ -50,15 +51,6 @@ class TraceRLConfig(ObjectiveConfig):
     scale_rewards: bool = Field(True, description="z-score the rewards per group (false: only centre them)")
     mask_after_eos: bool = Field(True, description="train on completion tokens up to the first EOS only")
     micro_batch_size: int | None = Field(None, ge=1, description="canvases per forward pass; null = all")
-
-
-def zscore_advantages(rewards: Tensor, group_ids: Tensor, scale: bool = True) -> Tensor:
-    """``[N]`` A = (r - mean_group r) / (std_group r + 1e-4) (sample std), or only centred."""
-    r = rewards.double()
-    adv = r - group_mean(r, group_ids)
-    if scale:
-        adv = adv / (group_std(r, group_ids) + 1e-4)
-    return adv.float()
 
 
 def trace_views(rollout: RolloutBatch, valid: Tensor, shrinkage: int) -> MaskedViews:
@@ -75,7 +67,16 @@ def trace_views(rollout: RolloutBatch, valid: Tensor, shrinkage: int) -> MaskedV
     return MaskedViews(views.completion_masked[:, keep], views.scored[:, keep], views.weights[:, keep])
 
 
-class TraceRL(Objective):
+@dataclass
+class TraceRLState(RowState):
+    """``old_logp [B, L]``: the old policy's log-prob of every valid token on its canvas;
+    ``advantages [B]``: the z-scored rewards, set by ``weigh``."""
+
+    old_logp: Tensor
+    advantages: Tensor | None = None
+
+
+class TraceRL(Objective[TraceRLState]):
     """Token-level PPO on the sampler's own canvases."""
 
     Config = TraceRLConfig
@@ -85,44 +86,31 @@ class TraceRL(Objective):
     def needs_sampler(self) -> frozenset[str]:
         return frozenset({"unmask_step"})
 
-    def _valid(self, batch: SequenceBatch, ctx: ObjectiveContext) -> SequenceBatch:
-        eos = ctx.policy.eos_token_id
-        if not self.config.mask_after_eos or eos is None:
-            return batch
-        return batch.with_completion_mask(batch.completion_mask & truncate_after_eos(batch.completion_ids, eos))
-
     def _token_logprobs(self, policy: Any, rollout: RolloutBatch, ctx: ObjectiveContext) -> tuple[Tensor, Tensor, int]:
         """``[B, L]`` log-prob of every valid token on its canvas, the ``[B, L]`` valid mask, R'."""
-        batch = self._valid(rollout.batch, ctx)
+        batch = rollout.batch.up_to_eos(ctx.policy.eos_token_id) if self.config.mask_after_eos else rollout.batch
         views = trace_views(rollout, batch.completion_mask, self.config.shrinkage)
         lp = score_views(policy, batch, views, self.config.micro_batch_size)  # (B, R', L)
         return (views.weights * lp).sum(1), views.scored.any(1), views.num_views
 
-    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> dict[str, Any]:
+    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> TraceRLState:
         old_logp, _, _ = self._token_logprobs(ctx.policy, rollout, ctx)
-        return {"old_logp": old_logp}
+        return TraceRLState(old_logp)
 
-    def weigh(self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext) -> dict[str, Any]:
-        (rewards, ids), local = ctx.gather_groups(rollout.rewards.float(), rollout.group_ids)
-        adv = zscore_advantages(rewards, ids, self.config.scale_rewards)
-        std = per_group(group_std(rewards.double(), ids), ids)
-        out = dict(prepared)
-        out["advantages"] = adv[local]
-        out["metrics"] = {"frac_reward_zero_std": (std < 1e-6).float().mean().item()}
-        return out
+    def weigh(self, rollout: RolloutBatch, state: TraceRLState, ctx: ObjectiveContext) -> Weighed[TraceRLState]:
+        groups, _ = ctx.groups(rollout)
+        advantages = group_advantages(groups.rewards, groups.ids, scale=self.config.scale_rewards).float()
+        state = replace(state, advantages=groups.mine(advantages))
+        return Weighed(state, {"frac_reward_zero_std": groups.frac_reward_zero_std()})
 
-    def loss(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
-    ) -> ObjectiveOutput:
+    def loss(self, rollout: RolloutBatch, state: TraceRLState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
         cfg = self.config
         logp, mask, num_views = self._token_logprobs(ctx.policy, rollout, ctx)
         eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
-        ppo = clipped_surrogate(logp, prepared["old_logp"], prepared["advantages"], cfg.epsilon, eps_high)
-        kl = k3_kl(logp, prepared["old_logp"])
-        per_token = ppo.loss + cfg.beta * kl
+        out = token_ppo_loss(logp, state.old_logp, state.advantages, mask, cfg.epsilon, eps_high, cfg.beta, state.old_logp)
         metrics = {
-            "clip_ratio": masked_mean((ppo.low_clipped | ppo.high_clipped).float(), mask).item(),
-            "kl": masked_mean(kl, mask).item(),
+            "clip_ratio": clip_metrics(out, mask)["clip_ratio"],
+            "kl": masked_mean(out.kl, mask).item(),  # type: ignore[arg-type]
             "trace_steps": float(num_views),
         }
-        return ObjectiveOutput(masked_mean(per_token, mask), metrics)
+        return ObjectiveOutput(out.loss, metrics)

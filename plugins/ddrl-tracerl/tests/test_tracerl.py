@@ -9,9 +9,10 @@ from tracerl_helpers import build, gen, params
 
 from ddrl.batch import SequenceBatch
 from ddrl.config import ConfigError
-from ddrl.objectives.base import ObjectiveContext, RolloutBatch, index_prepared
+from ddrl.objectives.base import ObjectiveContext, RolloutBatch
+from ddrl.objectives.groups import group_advantages
 from ddrl.samplers.base import SampleOutput
-from ddrl_tracerl import TraceRL, TraceRLConfig, zscore_advantages
+from ddrl_tracerl import TraceRL, TraceRLConfig, TraceRLState
 
 A, B, EOS, MASK = 5, 6, 3, 1
 PROMPTS = [[2, A, B], [2, B], [2, A, A, B]]  # BOS-led, of different lengths: left padding
@@ -73,7 +74,7 @@ def test_with_shrinkage_one_old_log_probs_are_the_samplers_recorded_log_probs(re
     roll, _, _ = sampled_rollout(registry, ab_policy, steps=4, seed=1)  # 2 tokens per step
     with torch.no_grad():
         prepared = TraceRL(TraceRLConfig(shrinkage=1, mask_after_eos=False)).prepare(roll, context(ab_policy))
-    assert torch.allclose(prepared["old_logp"], roll.sample.token_logprobs, atol=1e-5)
+    assert torch.allclose(prepared.old_logp, roll.sample.token_logprobs, atol=1e-5)
 
 
 def logprobs_by_hand(policy, roll: RolloutBatch, shrinkage: int) -> torch.Tensor:
@@ -100,7 +101,7 @@ def test_merged_steps_log_probs_equal_a_hand_loop(registry, ab_policy):
     with torch.no_grad():
         prepared = TraceRL(TraceRLConfig(shrinkage=3)).prepare(roll, context(ab_policy))
         want = logprobs_by_hand(ab_policy, roll, 3)
-    assert torch.allclose(prepared["old_logp"], want, atol=1e-5)
+    assert torch.allclose(prepared.old_logp, want, atol=1e-5)
 
 
 def test_loss_is_the_clipped_surrogate_plus_k3_by_hand(registry, ab_policy):
@@ -109,13 +110,13 @@ def test_loss_is_the_clipped_surrogate_plus_k3_by_hand(registry, ab_policy):
     roll, _, _ = sampled_rollout(registry, old_policy, steps=4, seed=3)
     objective = TraceRL(TraceRLConfig(shrinkage=2, epsilon=0.2, beta=0.01))
     with torch.no_grad():
-        prepared = objective.weigh(roll, objective.prepare(roll, context(old_policy)), context(old_policy))
+        prepared = objective.weigh(roll, objective.prepare(roll, context(old_policy)), context(old_policy)).state
     out = objective.loss(roll, prepared, context(ab_policy), 1)  # the current policy differs from the old
 
     with torch.no_grad():
         old = logprobs_by_hand(old_policy, roll, 2)
     new = logprobs_by_hand(ab_policy, roll, 2)
-    adv = zscore_advantages(roll.rewards, roll.group_ids)[:, None]
+    adv = group_advantages(roll.rewards, roll.group_ids, scale=True).float()[:, None]
     ratio = torch.exp(new - old)
     surrogate = -torch.minimum(ratio * adv, ratio.clamp(0.8, 1.2) * adv)
     kl = torch.exp(old - new) - (old - new) - 1
@@ -132,23 +133,27 @@ def test_at_the_old_policy_the_loss_is_minus_the_token_mean_advantage(registry, 
     roll, _, _ = sampled_rollout(registry, ab_policy, steps=8, seed=4)
     objective = TraceRL(TraceRLConfig())  # s = 8: one canvas, the fully masked completion
     with torch.no_grad():
-        prepared = objective.weigh(roll, objective.prepare(roll, context(ab_policy)), context(ab_policy))
-    rows = slice(2, 5)  # a micro-batch: prepared state follows the rows
-    out = objective.loss(roll.index(rows), index_prepared(prepared, rows), context(ab_policy), 0)
+        prepared = objective.weigh(roll, objective.prepare(roll, context(ab_policy)), context(ab_policy)).state
+    rows = slice(2, 5)  # a micro-batch: the state follows the rows
+    out = objective.loss(roll.index(rows), prepared.index(rows), context(ab_policy), 0)
     n = torch.tensor([row.tolist().index(EOS) + 1 if EOS in row else 8 for row in roll.batch.completion_ids])[rows]
-    adv = prepared["advantages"][rows]
+    adv = prepared.advantages[rows]
     assert out.loss.item() == pytest.approx(-(adv * n).sum().item() / n.sum().item(), abs=1e-5)
     assert out.metrics["clip_ratio"] == 0.0 and out.metrics["kl"] == pytest.approx(0.0, abs=1e-7)
     assert out.metrics["trace_steps"] == 1.0
 
 
-def test_rewards_are_z_scored_per_group():
-    adv = zscore_advantages(torch.tensor([1.0, 0.0, 3.0, 3.0, 2.0, 4.0, 0.0]), torch.tensor([5, 5, 1, 1, 9, 9, 9]))
+def test_rewards_are_z_scored_per_group(ab_policy):
+    rewards, ids = torch.tensor([1.0, 0.0, 3.0, 3.0, 2.0, 4.0, 0.0]), torch.tensor([5, 5, 1, 1, 9, 9, 9])
+    batch = SequenceBatch.from_parts(torch.full((7, 1), 2), torch.full((7, 2), A))
+    roll = RolloutBatch(batch, rewards, ids)
+    state = TraceRLState(torch.zeros(7, 2))
     s = 2.0  # sample std of (2, 4, 0)
     want = [0.5 / (0.5**0.5 + 1e-4), -0.5 / (0.5**0.5 + 1e-4), 0.0, 0.0, 0.0, 2 / (s + 1e-4), -2 / (s + 1e-4)]
+    adv = TraceRL(TraceRLConfig()).weigh(roll, state, context(ab_policy)).state.advantages
     assert torch.allclose(adv, torch.tensor(want), atol=1e-6)
-    centred = zscore_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), scale=False)
-    assert torch.equal(centred, torch.tensor([0.5, -0.5]))
+    centred = TraceRL(TraceRLConfig(scale_rewards=False)).weigh(roll, state, context(ab_policy)).state.advantages
+    assert torch.equal(centred[:2], torch.tensor([0.5, -0.5]))
 
 
 def test_a_rollout_without_a_recorded_trajectory_is_a_config_error(ab_policy):

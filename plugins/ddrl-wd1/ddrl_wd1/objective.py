@@ -1,4 +1,4 @@
-"""`wd1`: weighted policy optimisation for diffusion LLMs (arXiv 2507.08838; design §2.2).
+"""`wd1`: weighted policy optimisation for diffusion LLMs (arXiv 2507.08838).
 
 Per prompt group, with the group-relative advantage A_i = r_i - mean_group(r) (no std division),
 
@@ -22,14 +22,15 @@ Departures from the published code (none changes the loss in the published setti
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from pydantic import ConfigDict, Field
 from torch import Tensor
 
-from ddrl.batch import SequenceBatch, truncate_after_eos
-from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch
-from ddrl.objectives.groups import group_index, group_mean, group_softmax, group_std, per_group
+from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch, Weighed
+from ddrl.objectives.groups import group_advantages, group_softmax
+from ddrl.rows import RowState
 
 
 class WD1Config(ObjectiveConfig):
@@ -44,7 +45,7 @@ class WD1Weights(NamedTuple):
     coefficient: Tensor  # [N] w+ - w- (or w+ with positive_only): the weight of S_i in -L
     w_plus: Tensor  # [N] softmax_G(A)
     w_minus: Tensor  # [N] softmax_G(-A)
-    advantage: Tensor  # [N] A = r - mean_group(r)
+    advantages: Tensor  # [N] A = r - mean_group(r)
 
 
 def wd1_weights(rewards: Tensor, group_ids: Tensor, positive_only: bool = False) -> WD1Weights:
@@ -53,12 +54,11 @@ def wd1_weights(rewards: Tensor, group_ids: Tensor, positive_only: bool = False)
     A = (a, -a) gives w+ - w- = (tanh a, -tanh a); equal rewards give 0. Shifting the rewards
     leaves every weight unchanged (A is centred), scaling them does not (softmax is not scale-free).
     """
-    r = rewards.double()
-    advantage = r - group_mean(r, group_ids)
-    w_plus = group_softmax(advantage, group_ids)
-    w_minus = group_softmax(-advantage, group_ids)
+    advantages = group_advantages(rewards, group_ids)
+    w_plus = group_softmax(advantages, group_ids)
+    w_minus = group_softmax(-advantages, group_ids)
     coefficient = w_plus if positive_only else w_plus - w_minus
-    return WD1Weights(coefficient.float(), w_plus.float(), w_minus.float(), advantage.float())
+    return WD1Weights(coefficient.float(), w_plus.float(), w_minus.float(), advantages.float())
 
 
 def wd1_loss(coefficient: Tensor, log_likelihood: Tensor) -> Tensor:
@@ -66,7 +66,14 @@ def wd1_loss(coefficient: Tensor, log_likelihood: Tensor) -> Tensor:
     return -(coefficient.to(log_likelihood) * log_likelihood).sum()
 
 
-class WD1(Objective):
+@dataclass
+class WD1State(RowState):
+    """``coefficient [B]``: w+ - w- of each completion, set by ``weigh`` (nothing is frozen per row)."""
+
+    coefficient: Tensor | None = None
+
+
+class WD1(Objective[WD1State]):
     """wd1 on any estimator whose ``sequence()`` is a log-likelihood surrogate (published: one_step)."""
 
     Config = WD1Config
@@ -74,35 +81,23 @@ class WD1(Objective):
     needs_estimator = frozenset({"sequence"})
     preferred_estimator = "one_step"
 
-    def _valid(self, batch: SequenceBatch, ctx: ObjectiveContext) -> SequenceBatch:
-        eos = ctx.policy.eos_token_id
-        if not self.config.mask_after_eos or eos is None:
-            return batch
-        return batch.with_completion_mask(batch.completion_mask & truncate_after_eos(batch.completion_ids, eos))
+    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> WD1State:
+        return WD1State()  # no old or reference log-probs
 
-    def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> dict[str, Any]:
-        return {}  # nothing row-local is frozen: no old or reference log-probs
-
-    def weigh(self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext) -> dict[str, Any]:
-        (rewards, ids), local = ctx.gather_groups(rollout.rewards.float(), rollout.group_ids)
-        w = wd1_weights(rewards, ids, self.config.positive_only)
-        std = per_group(group_std(rewards.double(), ids), ids)
-        out = dict(prepared)
-        out["coefficient"] = w.coefficient[local]
-        out["metrics"] = {
+    def weigh(self, rollout: RolloutBatch, state: WD1State, ctx: ObjectiveContext) -> Weighed[WD1State]:
+        groups, _ = ctx.groups(rollout)
+        w = wd1_weights(groups.rewards, groups.ids, self.config.positive_only)
+        metrics = {
             "coefficient_abs_mean": w.coefficient.abs().mean().item(),
             "weight_max": w.w_plus.max().item(),
-            "frac_reward_zero_std": (std < 1e-6).float().mean().item(),
-            "num_groups": float(group_index(ids)[1]),
+            "frac_reward_zero_std": groups.frac_reward_zero_std(),
+            "num_groups": float(groups.count),
         }
-        return out
+        return Weighed(WD1State(groups.mine(w.coefficient)), metrics)
 
-    def loss(
-        self, rollout: RolloutBatch, prepared: dict[str, Any], ctx: ObjectiveContext, iteration: int
-    ) -> ObjectiveOutput:
-        batch = self._valid(rollout.batch, ctx)
-        order = None if rollout.sample is None else rollout.sample.order
-        views = ctx.estimator.draw(batch, ctx.generator, order)  # fresh masks at every step
+    def loss(self, rollout: RolloutBatch, state: WD1State, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
+        batch = rollout.batch.up_to_eos(ctx.policy.eos_token_id) if self.config.mask_after_eos else rollout.batch
+        views = ctx.estimator.draw(batch, ctx.generator, rollout.order)  # fresh masks at every step
         log_likelihood = ctx.estimator.score(ctx.policy, batch, views).sequence()  # (B,) S_i
-        loss = wd1_loss(prepared["coefficient"], log_likelihood)
+        loss = wd1_loss(state.coefficient, log_likelihood)
         return ObjectiveOutput(loss, {"log_likelihood": log_likelihood.mean().item()})

@@ -27,8 +27,8 @@ def rollout(rewards: list[float], ids: list[int]) -> RolloutBatch:
 def run_loss(objective: WD1, roll: RolloutBatch, policy, estimator, generator: torch.Generator):
     ctx = ObjectiveContext(policy=policy, estimator=estimator, generator=generator)
     with torch.no_grad():
-        prepared = objective.weigh(roll, objective.prepare(roll, ctx), ctx)
-    return objective.loss(roll, prepared, ctx, 0), prepared
+        state = objective.weigh(roll, objective.prepare(roll, ctx), ctx).state
+    return objective.loss(roll, state, ctx, 0), state
 
 
 # ------------------------------------------------------------------------------------------------
@@ -41,7 +41,7 @@ def test_opposite_advantages_give_plus_and_minus_tanh(a):
     w = wd1_weights(torch.tensor([a, 2 * a + 1, -a, 1.0]), torch.tensor([7, 3, 7, 3]))
     t = math.tanh(a)
     assert torch.allclose(w.coefficient, torch.tensor([t, t, -t, -t]), atol=1e-6)
-    assert torch.allclose(w.advantage, torch.tensor([a, a, -a, -a]), atol=1e-6)
+    assert torch.allclose(w.advantages, torch.tensor([a, a, -a, -a]), atol=1e-6)
 
 
 def test_weights_are_softmaxes_of_the_centred_rewards_by_hand():
@@ -81,10 +81,10 @@ def test_weights_use_the_group_gathered_from_every_process():
     roll = RolloutBatch(SequenceBatch.from_parts(torch.ones(3, 1, dtype=torch.long), torch.ones(3, 2, dtype=torch.long)),
                         local_r, local_ids)
     ctx = ObjectiveContext(policy=None, estimator=None, gather=gather)  # type: ignore[arg-type]
-    prepared = objective.weigh(roll, {}, ctx)
+    weighed = objective.weigh(roll, objective.prepare(roll, ctx), ctx)
     whole = wd1_weights(torch.cat([local_r, remote_r]), torch.cat([local_ids, remote_ids]))
-    assert torch.equal(prepared["coefficient"], whole.coefficient[:3])
-    assert prepared["metrics"]["num_groups"] == 2.0
+    assert torch.equal(weighed.state.coefficient, whole.coefficient[:3])
+    assert weighed.metrics["num_groups"] == 2.0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def test_loss_and_gradient_equal_a_hand_loop_over_one_step_canvases(registry, ab
     c0 = (e(0.5) - e(-0.5)) / (e(0.5) + e(-0.5))  # group 0: A = (0.5, -0.5); group 1: A = (-0.125, 0.125)
     c1 = (e(0.125) - e(-0.125)) / (e(0.125) + e(-0.125))
     coefficient = torch.tensor([c0, -c0, -c1, c1])
-    assert torch.allclose(prepared["coefficient"], coefficient, atol=1e-6)
+    assert torch.allclose(prepared.coefficient, coefficient, atol=1e-6)
     by_hand = -(coefficient * s).sum()
     assert out.loss.item() == pytest.approx(by_hand.item(), abs=1e-5)
     got = torch.autograd.grad(out.loss, params(ab_policy))
@@ -131,7 +131,7 @@ def test_loss_and_gradient_equal_a_hand_loop_over_one_step_canvases(registry, ab
 def test_equal_rewards_give_exactly_zero_loss_and_gradient(registry, ab_policy):
     estimator = build(registry, "estimators", "one_step")
     out, prepared = run_loss(WD1(WD1Config()), rollout([0.7] * 4, [0, 0, 1, 1]), ab_policy, estimator, gen(4))
-    assert torch.equal(prepared["coefficient"], torch.zeros(4))
+    assert torch.equal(prepared.coefficient, torch.zeros(4))
     assert out.loss.item() == 0.0
     grads = torch.autograd.grad(out.loss, params(ab_policy), allow_unused=True)
     assert all(g is None or bool((g == 0).all()) for g in grads)
