@@ -17,6 +17,7 @@ Overrides are ``section.field=value`` strings whose value is parsed as YAML (``2
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Literal
 
@@ -79,13 +80,24 @@ class TrainConfig(StrictConfig):
     save_steps: int = Field(50, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
     max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive NaN/inf steps")
-    completions: Literal["sampled", "reference"] = Field(
-        "sampled", description="sampled: rollouts from the sampler (RL); reference: the task's solutions (SFT)"
-    )
     reference_noise: float = Field(
-        0.0, ge=0, le=1, description="reference: share of solutions replaced by wrong well-formed ones"
+        0.0, ge=0, le=1,
+        description="supervised objectives (sft): share of the task's solutions replaced by wrong well-formed ones",
     )
     num_processes: int | None = Field(None, ge=1, description="fail unless exactly this many processes run")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_completions(cls, data: Any) -> Any:
+        """Runs written before the data source followed the objective carry ``completions``
+        (sampled/reference): what ``Objective.supervised`` says now. Accepted and ignored."""
+        if isinstance(data, dict) and "completions" in data:
+            data = {k: v for k, v in data.items() if k != "completions"}
+            warnings.warn(
+                "train.completions is ignored: the objective decides (sft trains on the task's reference "
+                "completions, RL objectives on samples)", DeprecationWarning, stacklevel=2,
+            )
+        return data
 
     @model_validator(mode="after")
     def _check_save_steps(self) -> TrainConfig:

@@ -27,6 +27,7 @@ from ddrl.cli.app import app
 from ddrl.generation import encode_prompts
 from ddrl.models.hf import CheckpointError
 from ddrl.models.lora import LoraSettings
+from ddrl.models.reference import AdapterFreeView
 from ddrl.registry import Registry
 from tests.hf_fixtures import write_dream, write_llada
 
@@ -302,7 +303,8 @@ def test_lora_trains_only_adapters_reference_is_the_base_and_save_merges(checkpo
         assert (tuned - base).abs().max() > 1e-3
         with policy.adapters_disabled():
             torch.testing.assert_close(policy(ids), base)
-        reference = policy.reference_view().eval().requires_grad_(False)
+        reference = policy.frozen_reference()  # what the trainer asks for: the adapter-free view, no copy
+        assert isinstance(reference, AdapterFreeView) and not list(reference.parameters())
         torch.testing.assert_close(reference.logits(ids), policy.logits(ids) - tuned + base)
     assert all(p.requires_grad for k, p in policy.named_parameters() if ".lora_" in k)  # view left them alone
     policy.save_pretrained(tmp_path / "merged")
@@ -315,7 +317,7 @@ def test_lora_trains_only_adapters_reference_is_the_base_and_save_merges(checkpo
     with torch.no_grad():
         torch.testing.assert_close(merged(ids), tuned, atol=1e-4, rtol=1e-4)
     # unmerged (what a training checkpoint needs): the same modules and tensors come back
-    policy.save_pretrained(tmp_path / "unmerged", merge_adapters=False)
+    policy.save_resumable(tmp_path / "unmerged")
     restored = type(policy).from_pretrained(tmp_path / "unmerged")
     state, again = policy.state_dict(), restored.state_dict()
     assert set(again) == set(state) and all(torch.equal(again[k], state[k]) for k in state)

@@ -95,12 +95,22 @@ def test_pretrain_command_trains_on_noisy_reference_solutions_and_exports(tmp_pa
     assert TinyPolicy.from_pretrained(tmp_path / "model").arch.d_model == 32
 
 
-def test_supervised_objective_needs_reference_completions(tmp_path):
-    from ddrl.config import ConfigError, build_config
+def test_the_data_source_follows_the_objective_and_the_old_completions_knob_is_ignored(tmp_path):
+    """sft trains on the task's solutions because the objective is supervised: no second setting.
+    A config written before (``train.completions: sampled``) still loads; the field is ignored."""
+    from ddrl.config import build_config
     from ddrl.training.trainer import Trainer
 
     raw = {"model": {"name": "tiny", "architecture": {"d_model": 32, "n_layers": 1, "n_heads": 2, "ffn_hidden": 64}},
-           "task": {"name": "countdown", "variant": "toy"}, "objective": {"name": "sft"},
-           "train": {"output_dir": str(tmp_path / "r")}}
-    with pytest.raises(ConfigError, match="train.completions=reference"):
-        Trainer(build_config(raw))
+           "task": {"name": "countdown", "variant": "toy", "operators": "+-"},
+           "sampler": {"name": "block", "max_completion_length": 8, "block_length": 8, "steps": 8},
+           "objective": {"name": "sft"},
+           "train": {"output_dir": str(tmp_path / "r"), "max_steps": 1, "per_device_train_batch_size": 8,
+                     "num_generations": 1, "completions": "sampled"},
+           "logging": {"report_to": ["jsonl"], "progress": False}}
+    with pytest.warns(DeprecationWarning, match="train.completions is ignored"):
+        config = build_config(raw)
+    assert "completions" not in config.train.model_dump()
+    metrics = Trainer(config).train().metrics
+    # a fresh model's samples solve nothing; the task's reference solutions all do
+    assert [m["accuracy"] for m in metrics if "loss" in m] == [1.0]

@@ -225,6 +225,26 @@ def test_incompatible_sampler_is_reported_before_training(tmp_path):
         Trainer(build_config(raw))
 
 
+def test_gradient_checkpointing_on_a_model_that_does_not_declare_it_is_a_config_error(tmp_path):
+    from ddrl.models.tiny import TinyPolicy
+
+    class Plain(TinyPolicy):
+        supports_gradient_checkpointing = False
+
+    registry = Registry()
+    registry.register("models", "plain", Plain)
+    raw = recipe(tmp_path, train={"gradient_checkpointing": True})
+    raw["model"]["name"] = "plain"
+    with pytest.raises(ConfigError, match="'plain' does not support gradient checkpointing"):
+        Trainer(build_config(raw, registry=registry), registry)
+    raw["model"]["name"] = "tiny"  # a model that declares it: the trainer switches it on
+    trainer = Trainer(build_config(raw, registry=registry), registry)
+    assert trainer.policy.net.gradient_checkpointing
+    # the reference is a frozen copy of the starting weights, not the trained policy
+    assert trainer.ref is not trainer.policy and not any(p.requires_grad for p in trainer.ref.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(trainer.ref.parameters(), trainer.policy.parameters()))
+
+
 def test_batch_sizes_that_cannot_form_whole_groups_are_rejected(tmp_path):
     raw = recipe(tmp_path, train={"per_device_train_batch_size": 6, "num_generations": 4})
     with pytest.raises(ValueError, match="multiple of num_generations"):

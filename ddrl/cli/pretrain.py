@@ -1,7 +1,7 @@
 """``ddrl pretrain``: masked-diffusion supervised training of a base model on a task's solutions.
 
 It is ``ddrl train`` with the built-in recipe ``recipes/tiny/pretrain_<task>.yaml`` (objective
-`sft`, ``train.completions: reference``): the same trainer, checkpoints, resume and metrics. The
+`sft`, which trains on the task's solutions): the same trainer, checkpoints, resume and metrics. The
 shipped base checkpoints (``builtin:countdown``, ``builtin:sudoku``) were made this way.
 """
 

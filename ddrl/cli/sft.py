@@ -1,8 +1,8 @@
-"""``ddrl sft``: the supervised stage before RL (LLaDA's masked-diffusion SFT recipe, design §2.3).
+"""``ddrl sft``: the supervised stage before RL (LLaDA's masked-diffusion SFT recipe, docs/objectives.md).
 
-It is ``ddrl train`` with objective `sft` on reference completions: a task whose generator knows
-its solutions (Countdown, Sudoku) or a file of prompt/response or chat records (task `records`,
-``--data``). The run's ``final/`` directory is a model directory: pass it to ``ddrl train
+It is ``ddrl train`` with objective `sft`, which trains on the task's reference completions: a
+task whose generator knows its solutions (Countdown, Sudoku) or a file of prompt/response or chat
+records (task `records`, ``--data``). The run's ``final/`` directory is a model directory: pass it to ``ddrl train
 --model-path`` and it is both the starting policy and the reference (DMPO's SFT variant).
 
     ddrl sft                                             # tiny Countdown base -> clean solutions
@@ -58,7 +58,6 @@ def sft(
         elif data_format is not None:
             extra["task.format"] = data_format
         names = {"objective": "sft", "model": model, "task": task}
-        extra["train.completions"] = "reference"
         cfg = assemble_config(registry, base, names, overrides or [], sections=None, extra=extra)
         result = Trainer(cfg, registry, resume=resume is not None, console=console).train()
     except (ConfigError, RegistryError, LaunchError, FileNotFoundError, ValueError) as err:

@@ -10,10 +10,15 @@ Contract every policy keeps (samplers and estimators rely on nothing else):
   positions as the unpadded sequence (positions are counted from the first real token).
 * ``mask_token_id``, ``vocab_size`` and (when the policy reads text) ``tokenizer``.
 * ``save_pretrained(dir)`` / ``from_pretrained(dir)`` round-trip through JSON + safetensors.
+
+Capabilities the trainer uses are declared here, never probed: ``supports_gradient_checkpointing``
+with ``set_gradient_checkpointing``, ``frozen_reference`` (the RL reference of a run starting from
+this policy) and ``save_resumable`` (what a checkpoint keeps to resume exactly).
 """
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
@@ -93,6 +98,25 @@ class MaskedDiffusionPolicy(nn.Module, ABC):
         other positions' keys/values come from ``cache`` (prefix: ``cache.length == start``;
         dual: ``cache.length == T``). ``attention_mask`` describes the whole canvas."""
         raise NotImplementedError(f"{type(self).__name__} does not support a key/value cache")
+
+    # ----------------------------------------------------------------------------------------
+    # training capabilities (the trainer calls these; defaults suit a plain module)
+    supports_gradient_checkpointing: ClassVar[bool] = False
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Recompute activations in the backward pass instead of keeping them (``train.gradient_checkpointing``)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")
+
+    def frozen_reference(self) -> MaskedDiffusionPolicy:
+        """The reference pi_ref of a run that starts from this policy: its current weights, frozen
+        (eval mode, no gradients). A copy by default; a policy that can serve them without one
+        (LoRA: the base model with the adapters off) returns a view instead."""
+        return copy.deepcopy(self).eval().requires_grad_(False)
+
+    def save_resumable(self, path: str | Path) -> None:
+        """Write what ``from_pretrained`` needs to continue training exactly (a checkpoint's
+        policy); by default ``save_pretrained``."""
+        self.save_pretrained(path)
 
     # ----------------------------------------------------------------------------------------
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:

@@ -259,6 +259,8 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
     # ---------------------------------------------------------------------------------------
     # training helpers
 
+    supports_gradient_checkpointing: ClassVar[bool] = True
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute each decoder layer in the backward pass (activation memory ~ one layer)."""
         model = self.model
@@ -289,6 +291,16 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
         if not self.lora_enabled:
             raise ValueError("reference_view needs LoRA (model.lora); without it copy the policy instead")
         return AdapterFreeView(self)
+
+    def frozen_reference(self) -> MaskedDiffusionPolicy:
+        """With LoRA the published reference, the base weights, as a view sharing this policy's
+        memory (no second copy of an 8B model); otherwise a frozen copy."""
+        return self.reference_view() if self.lora_enabled else super().frozen_reference()
+
+    def save_resumable(self, path: str | Path) -> None:
+        """With LoRA, base weights and adapters apart (``merge_adapters=False``), so that a resumed
+        run restores the adapters exactly."""
+        self.save_pretrained(path, merge_adapters=not self.lora_enabled)
 
     # ---------------------------------------------------------------------------------------
     # persistence

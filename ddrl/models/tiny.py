@@ -322,6 +322,8 @@ class TinyPolicy(MaskedDiffusionPolicy):
     ) -> Tensor:
         return self.net.forward_window(window_ids, start, cache, attention_mask)
 
+    supports_gradient_checkpointing = True
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.net.gradient_checkpointing = enabled
 

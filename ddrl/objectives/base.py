@@ -100,6 +100,11 @@ class ObjectiveContext:
     generator: torch.Generator | None = None
     num_iterations: int = 1
 
+    def counted(self, batch: SequenceBatch, up_to_eos: bool) -> SequenceBatch:
+        """``batch`` with the completion positions that count: all of them, or (``up_to_eos``)
+        those up to and including the first EOS of the policy's tokenizer."""
+        return batch.up_to_eos(self.policy.eos_token_id) if up_to_eos else batch
+
     def groups(self, rollout: RolloutBatch, *values: Tensor) -> tuple[Groups, list[Tensor]]:
         """The rollout's group ids and rewards gathered from every process (``Groups``), and each
         further ``[B]`` tensor in ``values`` gathered the same way (``[N]``, rank-major)."""

@@ -254,7 +254,7 @@ class DMPO(Objective[DMPOState]):
 
     def loss(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
         cfg = self.config
-        batch = rollout.batch.up_to_eos(ctx.policy.eos_token_id) if cfg.mask_after_eos else rollout.batch
+        batch = ctx.counted(rollout.batch, cfg.mask_after_eos)
         views = antithetic_masks(batch.completion_mask, cfg.loss_replicates, ctx.generator, cfg.loss_rate_range, "inverse_masked")
         loss = wdce(score_views(ctx.policy, rollout.batch, views), views.weights, state.advantages)
         return ObjectiveOutput(loss, {"wdce": loss.item()})

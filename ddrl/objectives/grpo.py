@@ -24,7 +24,6 @@ import torch
 from pydantic import ConfigDict, Field
 from torch import Tensor
 
-from ddrl.batch import SequenceBatch
 from ddrl.config import ConfigError
 from ddrl.estimators.base import MaskedViews
 from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch, Weighed
@@ -76,11 +75,8 @@ class _GRPOFamily(Objective[GRPOState]):
     def needs_reference(self) -> bool:
         return self.config.beta > 0
 
-    def _valid(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> SequenceBatch:
-        return rollout.batch.up_to_eos(ctx.policy.eos_token_id) if self.config.mask_after_eos else rollout.batch
-
     def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> GRPOState:
-        batch = self._valid(rollout, ctx)
+        batch = ctx.counted(rollout.batch, self.config.mask_after_eos)
         if self.needs_reference and ctx.ref_policy is None:
             raise ConfigError(f"{self.config.name} with beta > 0 needs a reference policy (or set objective.beta=0)")
         views, old, ref = [], [], []
@@ -100,7 +96,7 @@ class _GRPOFamily(Objective[GRPOState]):
 
     def loss(self, rollout: RolloutBatch, state: GRPOState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
         cfg = self.config
-        scored = ctx.estimator.score(ctx.policy, self._valid(rollout, ctx), state.views[iteration])
+        scored = ctx.estimator.score(ctx.policy, ctx.counted(rollout.batch, self.config.mask_after_eos), state.views[iteration])
         logp, mask = scored.per_token(), scored.token_mask  # (B, L)
         ref = None if state.ref_logp is None else state.ref_logp[:, iteration]
         eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high

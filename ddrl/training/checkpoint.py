@@ -47,11 +47,7 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    if getattr(policy, "lora_enabled", False):
-        # base weights and adapters apart, so that resuming restores the adapters exactly
-        policy.save_pretrained(tmp / "policy", merge_adapters=False)  # type: ignore[call-arg]
-    else:
-        policy.save_pretrained(tmp / "policy")
+    policy.save_resumable(tmp / "policy")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     payload = {"step": step, "python_random": _jsonable(random.getstate()), **state}

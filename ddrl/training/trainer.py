@@ -9,7 +9,6 @@ checkpoint, or split over more processes with the same global batch, computes th
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 from contextlib import nullcontext
@@ -135,16 +134,14 @@ class Trainer:
         _check_compatible(self.objective, self.estimator, self.sampler, cfg)
         torch.manual_seed(cfg.train.seed)
         policy = reg.build("models", cfg.model)
-        if cfg.train.gradient_checkpointing and hasattr(policy, "set_gradient_checkpointing"):
+        if cfg.train.gradient_checkpointing:
+            if not policy.supports_gradient_checkpointing:
+                raise ConfigError(
+                    f"model {cfg.model.name!r} does not support gradient checkpointing: set train.gradient_checkpointing=false"
+                )
             policy.set_gradient_checkpointing(True)
-        self.ref = None
-        if self.objective.needs_reference:
-            if getattr(policy, "lora_enabled", False):
-                # the published reference: the base weights, i.e. the policy with adapters off
-                # (a view sharing the policy's memory instead of a second copy of an 8B model)
-                self.ref = policy.reference_view()
-            else:
-                self.ref = copy.deepcopy(policy).eval().requires_grad_(False).to(self.device)
+        # the published reference: the starting weights, frozen (with LoRA the base model, a view)
+        self.ref = policy.frozen_reference().to(self.device) if self.objective.needs_reference else None
         optimizer = build_optimizer(policy.parameters(), cfg.train)
         self.wrapped, self.optimizer = self.accelerator.prepare(policy.to(self.device), optimizer)
         self.policy = self.accelerator.unwrap_model(self.wrapped)
@@ -287,7 +284,7 @@ class Trainer:
         self, index: int, chunk: int, examples: list, groups: list[int], scorers: list
     ) -> tuple[RolloutBatch, ChunkStats]:
         tc = self.cfg.train
-        if tc.completions == "reference":
+        if self.objective.supervised:  # the task's solutions are the data (SFT)
             rng = random.Random(derive_seed(tc.seed, "reference", index, chunk))
             return reference_chunk(
                 self.policy, self.task, examples, groups, self.reward_fns, rng,
@@ -373,14 +370,6 @@ class Trainer:
 
 
 def _check_compatible(objective: Objective, estimator: Any, sampler: Any, cfg: RunConfig) -> None:
-    if objective.supervised and cfg.train.completions != "reference":
-        raise ConfigError(
-            f"objective {cfg.objective.name!r} trains on reference completions: set train.completions=reference"
-        )
-    if not objective.supervised and cfg.train.completions == "reference":
-        raise ConfigError(
-            f"objective {cfg.objective.name!r} learns from its own samples: train.completions must be 'sampled'"
-        )
     missing = set(objective.needs_estimator) - set(estimator.provides)
     if missing:
         raise ConfigError(

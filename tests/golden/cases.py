@@ -63,7 +63,7 @@ _ELBO = {"name": "elbo", "num_samples": 2, "mask_scheme": "antithetic"}
 
 CASES: dict[str, dict[str, Any]] = {
     # DMPO, the published default: ELBO weights, the negative baseline, loss masks up to the first EOS
-    "dmpo": _case(_TEXT, estimator=_ELBO, objective={"name": "dmpo", "alpha": 0.5, "mask_up_to_eos": True}),
+    "dmpo": _case(_TEXT, estimator=_ELBO, objective={"name": "dmpo", "alpha": 0.5, "mask_after_eos": True}),
     # the unbiased baseline re-weighs at every inner iteration; adaptive c; std scaling
     "dmpo_unbiased": _case(_TEXT, estimator=_ELBO, objective={
         "name": "dmpo", "alpha": 0.5, "baseline": "unbiased", "target_ess": 0.6, "scale_by_std": True}),
@@ -82,8 +82,7 @@ CASES: dict[str, dict[str, Any]] = {
     "diffu_grpo": _case(_TEXT, estimator={"name": "one_step"},
                         objective={"name": "diffu_grpo", "beta": 0.04, "scale_rewards": True}),
     "coupled_grpo": _case(_TEXT, estimator={"name": "coupled"}, objective={"name": "coupled_grpo"}),
-    "sft": _case(_TEXT, objective={"name": "sft"}, train={"completions": "reference", "num_iterations": 1,
-                                                          "save_steps": 1, "reference_noise": 0.3}),
+    "sft": _case(_TEXT, objective={"name": "sft"}, train={"num_iterations": 1, "save_steps": 1, "reference_noise": 0.3}),
     # plugin packages (plugins/*): skipped where they are not installed
     "wd1": _case(_TEXT, estimator={"name": "one_step"}, objective={"name": "wd1"}),
     "spg": _case(_TEXT, estimator={"name": "blockwise", "num_samples": 2}, objective={"name": "spg"}),

@@ -125,7 +125,7 @@ class SPG(Objective[SPGState]):
 
     def loss(self, rollout: RolloutBatch, state: SPGState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
         cfg = self.config
-        batch = rollout.batch.up_to_eos(ctx.policy.eos_token_id) if cfg.mask_after_eos else rollout.batch
+        batch = ctx.counted(rollout.batch, cfg.mask_after_eos)
         views = ctx.estimator.draw(batch, ctx.generator, rollout.order)  # fresh masks at every step
         logprobs = ctx.estimator.score(ctx.policy, batch, views).logprobs  # (B, K, L)
         bounds = sandwich_bounds(logprobs, views.scored, batch.completion_mask, cfg.eubo_beta)

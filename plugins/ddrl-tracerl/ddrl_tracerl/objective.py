@@ -88,7 +88,7 @@ class TraceRL(Objective[TraceRLState]):
 
     def _token_logprobs(self, policy: Any, rollout: RolloutBatch, ctx: ObjectiveContext) -> tuple[Tensor, Tensor, int]:
         """``[B, L]`` log-prob of every valid token on its canvas, the ``[B, L]`` valid mask, R'."""
-        batch = rollout.batch.up_to_eos(ctx.policy.eos_token_id) if self.config.mask_after_eos else rollout.batch
+        batch = ctx.counted(rollout.batch, self.config.mask_after_eos)
         views = trace_views(rollout, batch.completion_mask, self.config.shrinkage)
         lp = score_views(policy, batch, views, self.config.micro_batch_size)  # (B, R', L)
         return (views.weights * lp).sum(1), views.scored.any(1), views.num_views

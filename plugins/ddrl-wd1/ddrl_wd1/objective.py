@@ -96,7 +96,7 @@ class WD1(Objective[WD1State]):
         return Weighed(WD1State(groups.mine(w.coefficient)), metrics)
 
     def loss(self, rollout: RolloutBatch, state: WD1State, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
-        batch = rollout.batch.up_to_eos(ctx.policy.eos_token_id) if self.config.mask_after_eos else rollout.batch
+        batch = ctx.counted(rollout.batch, self.config.mask_after_eos)
         views = ctx.estimator.draw(batch, ctx.generator, rollout.order)  # fresh masks at every step
         log_likelihood = ctx.estimator.score(ctx.policy, batch, views).sequence()  # (B,) S_i
         loss = wd1_loss(state.coefficient, log_likelihood)
