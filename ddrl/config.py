@@ -24,8 +24,12 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
+from ddrl.errors import ConfigError
+
 if TYPE_CHECKING:
     from ddrl.registry import Registry
+
+__all__ = ["ConfigError", "RunConfig", "build_config", "resolve_config", "load_recipe"]
 
 COMPONENT_SECTIONS: dict[str, str] = {
     # section -> registry group
@@ -35,10 +39,6 @@ COMPONENT_SECTIONS: dict[str, str] = {
     "estimator": "estimators",
     "objective": "objectives",
 }
-
-
-class ConfigError(ValueError):
-    """A configuration problem a user can fix; the message says which field and what is allowed."""
 
 
 class ComponentConfig(BaseModel):

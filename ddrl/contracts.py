@@ -18,6 +18,11 @@ Built-ins pass the same class and instance checks; output guards are installed o
 other distributions only, so ddrl's own hot paths stay exactly as written. Policies get no output
 guards: they are ``nn.Module``s that are deep-copied and wrapped by accelerate, and their shape
 contract is exercised by every estimator call.
+
+The guards keep only what must be checked at run time: outputs whose shape depends on the run's
+data and settings and that would otherwise fail far from their cause. Behaviour that a plugin's
+author can check once, before release — seeded determinism, gradients, state round trips, a short
+training run — is the conformance kit's (``ddrl.testing``).
 """
 
 from __future__ import annotations
@@ -29,12 +34,9 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from ddrl.registry import RegistryError
+from ddrl.errors import PluginContractError
 
-
-class PluginContractError(RegistryError, TypeError):
-    """A component that does not do what its group's interface promises (a ``RegistryError``, so
-    the CLI reports it like any other unusable component)."""
+__all__ = ["PluginContractError", "class_problem", "instance_problem", "guard", "guard_reward", "interfaces"]
 
 
 @cache
@@ -311,19 +313,9 @@ def _check_examples(out: Any, task: Any, bound: inspect.BoundArguments | None) -
     return None
 
 
-def _check_prompt(out: Any, task: Any, bound: inspect.BoundArguments | None) -> str | None:
-    return None if isinstance(out, str) else f"returned {_type_name(out)}; expected the prompt text (str)"
-
-
-def _check_scores(out: Any, task: Any, bound: inspect.BoundArguments | None) -> str | None:
-    if not isinstance(out, dict) or "accuracy" not in out:
-        return f"returned {out!r}; expected a dict of metrics with an 'accuracy' entry"
-    return None
-
-
 _CHECKS: dict[str, dict[str, Callable[[Any, Any, inspect.BoundArguments | None], str | None]]] = {
     "samplers": {"sample": _check_sample},
     "estimators": {"draw": _check_views, "score": _check_logprobs},
     "objectives": {"prepare": _check_state, "weigh": _check_weighed, "begin_iteration": _check_state, "loss": _check_loss},
-    "tasks": {"load": _check_examples, "format_prompt": _check_prompt, "score": _check_scores},
+    "tasks": {"load": _check_examples},
 }

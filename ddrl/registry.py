@@ -26,13 +26,14 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ddrl.contracts import class_problem, guard, guard_reward, instance_problem
+from ddrl.errors import PluginContractError, RegistryError
+
+__all__ = ["Component", "PluginProblem", "Registry", "RegistryError", "PluginContractError"]
+
 GROUPS = ("models", "samplers", "estimators", "objectives", "tasks", "rewards")
 GROUP_PREFIX = "ddrl."
 BUILTIN_DISTRIBUTION = "ddrl"
-
-
-class RegistryError(LookupError):
-    """An unknown, ambiguous or unusable component name."""
 
 
 @dataclass
@@ -142,8 +143,6 @@ class Registry:
         component = self._loaded(group, name)
         if group != "rewards":
             return component.obj
-        from ddrl.contracts import PluginContractError, class_problem, guard_reward
-
         problem = class_problem(group, component.obj)
         if problem is not None:
             raise PluginContractError(f"{component.label} is not a usable reward: {problem}")
@@ -159,8 +158,6 @@ class Registry:
         The class is checked against its group's interface first, the instance after; a plugin's
         instance gets output checks (``ddrl.contracts.guard``). Every failure names the distribution.
         """
-        from ddrl.contracts import PluginContractError, class_problem, guard, instance_problem
-
         if group == "rewards":
             raise RegistryError("rewards are plain functions: look them up with get('rewards', name)")
         component = self._loaded(group, config.name)
@@ -200,8 +197,6 @@ class Registry:
 
     def interface_problem(self, component: Component) -> str | None:
         """Why an imported component cannot serve its group (None if it can or did not import)."""
-        from ddrl.contracts import class_problem
-
         if component.obj is None:
             return None
         problem = class_problem(component.group, component.obj)

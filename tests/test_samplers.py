@@ -12,6 +12,7 @@ from ddrl.estimators.exact import ExactConfig, ExactEstimator, log_likelihood_al
 from ddrl.samplers.ancestral import AncestralSampler, AncestralSamplerConfig
 from ddrl.samplers.block import BlockSampler, BlockSamplerConfig
 from ddrl.samplers.schedule import num_transfer_tokens, top_per_row
+from ddrl.testing import CanvasRecorder
 from tests.conftest import all_completions, batch_for
 
 PROMPT = [0, 2, 1]
@@ -86,25 +87,6 @@ def test_ancestral_is_repeatable_from_a_seed(token_policy):
 # block
 
 
-class Recorder(torch.nn.Module):
-    """Wraps a policy and keeps every canvas it is asked to score."""
-
-    def __init__(self, policy):
-        super().__init__()
-        self.policy = policy
-        self.canvases: list[torch.Tensor] = []
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.policy, name)
-
-    def logits(self, ids, attention_mask=None):
-        self.canvases.append(ids.clone())
-        return self.policy.logits(ids, attention_mask)
-
-
 def llada_reference(policy, prompt, gen_length, block_length, steps, cfg_scale=0.0):
     """LLaDA's published `generate` loop at temperature 0 for one unpadded prompt, written out
     literally (per-row topk over the whole canvas, -inf beyond the current block)."""
@@ -164,7 +146,7 @@ def test_block_at_temperature_zero_is_deterministic(char_policy):
 def test_block_reveals_the_scheduled_count_and_never_changes_a_revealed_token(char_policy):
     length, block, steps = 12, 6, 8  # 6 masks over 4 steps per block -> [2, 2, 1, 1]
     sampler = BlockSampler(BlockSamplerConfig(max_completion_length=length, block_length=block, steps=steps))
-    recorder = Recorder(char_policy)
+    recorder = CanvasRecorder(char_policy)
     prompts, mask = left_pad([char_policy.encode_prompt("ab"), char_policy.encode_prompt("abcdef")], 0)
     out = sampler.sample(recorder, prompts, mask, generator=gen(3))
     p, mask_id = prompts.shape[1], char_policy.mask_token_id

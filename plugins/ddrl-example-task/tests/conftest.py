@@ -1,3 +1,3 @@
-import os
+"""Fixtures for ddrl-example-task's tests: ddrl's conformance kit."""
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on the Hugging Face hub
+from ddrl.testing.fixtures import registry  # noqa: F401

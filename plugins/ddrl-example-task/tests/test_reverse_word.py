@@ -6,17 +6,14 @@ alone with ``pip install -e plugins/ddrl-example-task && python -m pytest plugin
 
 from __future__ import annotations
 
-import json
 from importlib.metadata import version
 
 import pytest
-from typer.testing import CliRunner
 
 pytest.importorskip("ddrl_example_task", reason="not installed: pip install -e plugins/ddrl-example-task")
 
-from ddrl.cli.app import app
-from ddrl.config import build_config
 from ddrl.registry import Registry
+from ddrl.testing import build, check_listed, check_reward, check_task, train_briefly
 from ddrl_example_task.task import ReverseWordTask
 
 DIST = "ddrl-example-task"
@@ -30,16 +27,19 @@ def test_registry_finds_the_task_and_the_reward_of_this_distribution():
     assert [p for p in registry.check_all() if p.distribution == DIST] == []
 
 
+def test_the_task_and_its_reward_keep_their_contracts():
+    check_task("reverse_word", distribution=DIST)
+    check_listed("tasks", "reverse_word", DIST, "ddrl_example_task.task:ReverseWordTask")
+
+
 def test_reward_is_the_share_of_letters_in_place():
-    reward = Registry().get("rewards", "reverse_word_match")
     # gold "cba": "cba" all 3 right; " cbx" (stripped) 2 of 3; "abc" only the middle b
-    assert reward(["reverse abc:"] * 3, ["cba", " cbx", "abc"], answer=["cba"] * 3) == [1.0, 2 / 3, 1 / 3]
+    values = check_reward("reverse_word_match", {"answer": ["cba"] * 3}, ["cba", " cbx", "abc"], distribution=DIST)
+    assert values == [1.0, 2 / 3, 1 / 3]
 
 
-def test_splits_come_from_the_seed_and_differ():
-    registry = Registry()
-    config = build_config({"task": {"name": "reverse_word", "num_test": 5}}, registry=registry, sections=["task"]).task
-    task = registry.build("tasks", config)
+def test_splits_come_from_the_seed_and_differ(registry):
+    task = build(registry, "tasks", "reverse_word", num_test=5)
     test = task.split("test")
     assert len(test) == 5 and test == task.split("test")
     assert [e.question for e in test] != [e.question for e in task.split("train")[:5]]
@@ -51,10 +51,5 @@ def test_splits_come_from_the_seed_and_differ():
 
 @pytest.mark.slow
 def test_ddrl_train_runs_two_steps_on_the_plugin_task(tmp_path):
-    run = tmp_path / "run"
-    args = ["train", "--task", "reverse_word", "--model", "tiny", "--set", "train.max_steps=2"]
-    result = CliRunner().invoke(app, [*args, "--output-dir", str(run)], env={"COLUMNS": "200", "NO_COLOR": "1"})
-    assert result.exit_code == 0, result.output
-    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in steps if "reward" in m] == [1, 2]
-    assert "name: reverse_word" in (run / "config.yaml").read_text()
+    _, config = train_briefly(tmp_path, "--task", "reverse_word", "--model", "tiny")
+    assert config["task"]["name"] == "reverse_word"

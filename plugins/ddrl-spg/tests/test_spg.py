@@ -8,11 +8,11 @@ import math
 
 import pytest
 import torch
-from spg_helpers import build, gen, params, same_state
 
 from ddrl.batch import SequenceBatch
 from ddrl.estimators.base import MaskedViews, score_views
 from ddrl.objectives.base import ObjectiveContext, RolloutBatch
+from ddrl.testing import build, generator, trainable, twin
 from ddrl_spg import SPG, BlockwiseEstimator, SandwichBounds, SPGConfig, sandwich_bounds, spg_loss
 
 A, B, EOS, MASK = 5, 6, 3, 1
@@ -20,7 +20,7 @@ PROMPT = [2, A, B]  # BOS a b
 
 
 def random_logprobs(*shape: int, seed: int = 0) -> torch.Tensor:
-    return -torch.rand(shape, generator=gen(seed)) * 3 - 0.05
+    return -torch.rand(shape, generator=generator(seed)) * 3 - 0.05
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,8 +108,8 @@ def test_objective_loss_and_gradient_equal_the_bounds_by_hand(registry, ab_polic
     roll = RolloutBatch(batch, torch.tensor([1.0, 0.0, 0.2, 0.6]), torch.tensor([0, 0, 1, 1]))
     estimator = build(registry, "estimators", "blockwise", num_samples=2, block_length=2, p_mask_prompt=0.3)
     objective = SPG(SPGConfig(eubo_beta=1.5))
-    g = gen(5)
-    twin = same_state(g)
+    g = generator(5)
+    replay = twin(g)
     ctx = ObjectiveContext(policy=ab_policy, estimator=estimator, generator=g)
     with torch.no_grad():
         prepared = objective.weigh(roll, objective.prepare(roll, ctx), ctx).state
@@ -117,14 +117,14 @@ def test_objective_loss_and_gradient_equal_the_bounds_by_hand(registry, ab_polic
     out = objective.loss(roll, prepared, ctx, 0)
 
     valid = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0]]).bool()
-    views = estimator.draw(batch.with_completion_mask(valid), twin)  # the views the loss drew
+    views = estimator.draw(batch.with_completion_mask(valid), replay)  # the views the loss drew
     elbo, upper = bounds_by_hand(ab_policy, PROMPT, completions, views, valid, 1.5)
     mixed = 0.5 * upper + 0.5 * elbo
     p = torch.stack([elbo[0], mixed[1], mixed[2], elbo[3]])
     lengths = torch.tensor([4.0, 6.0, 3.0, 4.0])
     by_hand = -(torch.tensor([0.5, -0.5, -0.2, 0.2]) * lengths * p).sum() / lengths.sum()
     assert out.loss.item() == pytest.approx(by_hand.item(), abs=1e-5)
-    for x, y in zip(torch.autograd.grad(out.loss, params(ab_policy)), torch.autograd.grad(by_hand, params(ab_policy))):
+    for x, y in zip(torch.autograd.grad(out.loss, trainable(ab_policy)), torch.autograd.grad(by_hand, trainable(ab_policy))):
         assert torch.allclose(x, y, atol=1e-5)
     assert out.metrics["elbo"] == pytest.approx(elbo.mean().item(), abs=1e-5)
 
@@ -188,7 +188,7 @@ def test_elbo_side_averaged_over_every_blockwise_mask_matches_its_monte_carlo_me
     assert isinstance(estimator, BlockwiseEstimator)
     many = SequenceBatch.from_parts(torch.tensor([PROMPT] * n), torch.tensor([completion] * n))
     with torch.no_grad():
-        drawn = estimator.draw(many, gen(6))
+        drawn = estimator.draw(many, generator(6))
         scored = estimator.score(ab_policy, many, drawn)
         samples = scored.sequence()
         elbo_side = sandwich_bounds(scored.logprobs, drawn.scored, many.completion_mask, 1.5).elbo

@@ -1,44 +1,30 @@
-"""The installed plugin seen through ddrl's own CLI (typer's CliRunner on ``ddrl.cli.app.app``)."""
+"""The installed plugin seen through ddrl's registry and CLI, with ddrl's conformance kit."""
 
 from __future__ import annotations
 
-import json
+import math
 
 import pytest
-import yaml
-from typer.testing import CliRunner
 
-from ddrl.cli.app import app
+from ddrl.testing import check_estimator, check_listed, check_objective, train_briefly
 
 
-def invoke(*args: str):
-    return CliRunner().invoke(app, list(args), env={"COLUMNS": "250", "NO_COLOR": "1"})
+def test_spg_keeps_the_objective_contract():
+    metrics = check_objective("spg", distribution="ddrl-spg")
+    assert {"elbo", "upper", "frac_positive"} <= set(metrics)
 
 
-def listed(output: str) -> dict[tuple[str, str], list[str]]:
-    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in output.splitlines()]
-    return {(r[0], r[1]): r for r in rows if len(r) == 5}
+def test_blockwise_keeps_the_estimator_contract():
+    check_estimator("blockwise", distribution="ddrl-spg", options={"num_samples": 2, "block_length": 2})
 
 
 def test_ddrl_plugins_lists_spg_and_its_estimator_with_their_distribution():
-    result = invoke("plugins")
-    assert result.exit_code == 0, result.output
-    rows = listed(result.output)
-    objective, estimator = rows[("objectives", "spg")], rows[("estimators", "blockwise")]
-    assert objective[2].startswith("ddrl-spg") and objective[3] == "ddrl_spg.objective:SPG" and objective[4] == "ok"
-    assert estimator[2].startswith("ddrl-spg") and estimator[3] == "ddrl_spg.estimator:BlockwiseEstimator"
+    check_listed("objectives", "spg", "ddrl-spg", "ddrl_spg.objective:SPG")
+    check_listed("estimators", "blockwise", "ddrl-spg", "ddrl_spg.estimator:BlockwiseEstimator")
 
 
 @pytest.mark.slow
 def test_ddrl_train_with_spg_runs_to_the_end_on_the_tiny_model(tmp_path):
-    out = tmp_path / "run"
-    result = invoke("train", "--objective", "spg", "--model", "tiny", "--task", "countdown",
-                    "--set", "train.max_steps=2", "--output-dir", str(out))
-    assert result.exit_code == 0, result.output
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    steps = [m for m in metrics if "loss" in m]
-    assert [m["step"] for m in steps] == [1, 2]
-    assert all(m["loss"] == m["loss"] and m["upper"] == m["upper"] for m in steps)  # finite, not NaN
-    config = yaml.safe_load((out / "config.yaml").read_text())
+    metrics, config = train_briefly(tmp_path, "--objective", "spg", "--model", "tiny", "--task", "countdown")
+    assert all(math.isfinite(m["upper"]) for m in metrics)
     assert config["objective"]["name"] == "spg" and config["estimator"]["name"] == "blockwise"
-    assert (out / "final" / "model.safetensors").is_file()

@@ -5,36 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tracerl_helpers import build, gen, params
 
 from ddrl.batch import SequenceBatch
 from ddrl.config import ConfigError
 from ddrl.objectives.base import ObjectiveContext, RolloutBatch
 from ddrl.objectives.groups import group_advantages
 from ddrl.samplers.base import SampleOutput
+from ddrl.testing import CanvasRecorder, build, generator, trainable
 from ddrl_tracerl import TraceRL, TraceRLConfig, TraceRLState
 
 A, B, EOS, MASK = 5, 6, 3, 1
 PROMPTS = [[2, A, B], [2, B], [2, A, A, B]]  # BOS-led, of different lengths: left padding
-
-
-class Recorder(torch.nn.Module):
-    """Wraps a policy and keeps every canvas it is asked to score."""
-
-    def __init__(self, policy):
-        super().__init__()
-        self.policy = policy
-        self.canvases: list[torch.Tensor] = []
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.policy, name)
-
-    def logits(self, ids, attention_mask=None):
-        self.canvases.append(ids.clone())
-        return self.policy.logits(ids, attention_mask)
 
 
 def sampled_rollout(registry, policy, steps: int, length: int = 8, block: int = 4, seed: int = 0):
@@ -45,8 +26,8 @@ def sampled_rollout(registry, policy, steps: int, length: int = 8, block: int = 
     mask = torch.tensor([[False] * (width - len(p)) + [True] * len(p) for p in prompts])
     sampler = build(registry, "samplers", "block", max_completion_length=length, block_length=block, steps=steps,
                     temperature=1.0)
-    recorder = Recorder(policy)
-    out = sampler.sample(recorder, ids, mask, generator=gen(seed))
+    recorder = CanvasRecorder(policy)
+    out = sampler.sample(recorder, ids, mask, generator=generator(seed))
     rewards = torch.tensor([1.0, 0.0, 0.5, 0.5, 0.0, 2.0])
     return RolloutBatch(out.batch, rewards, torch.tensor([0, 0, 1, 1, 2, 2]), out), recorder.canvases, sampler
 
@@ -59,7 +40,7 @@ def test_with_shrinkage_one_the_training_inputs_are_the_samplers_canvases(regist
     roll, canvases, sampler = sampled_rollout(registry, ab_policy, steps=8)  # 1 token per step
     objective = TraceRL(TraceRLConfig(shrinkage=1, mask_after_eos=False))
     assert objective.needs_sampler <= sampler.records
-    recorder = Recorder(ab_policy)
+    recorder = CanvasRecorder(ab_policy)
     with torch.no_grad():
         objective.prepare(roll, context(recorder))
     inputs = torch.cat(recorder.canvases)  # view (b, r) is row b * R + r
@@ -124,7 +105,7 @@ def test_loss_is_the_clipped_surrogate_plus_k3_by_hand(registry, ab_policy):
     valid = torch.stack([torch.arange(8) <= (row.tolist().index(EOS) if EOS in row else 7) for row in completion])
     by_hand = ((surrogate + 0.01 * kl) * valid).sum() / valid.sum()
     assert out.loss.item() == pytest.approx(by_hand.item(), abs=1e-5)
-    for x, y in zip(torch.autograd.grad(out.loss, params(ab_policy)), torch.autograd.grad(by_hand, params(ab_policy))):
+    for x, y in zip(torch.autograd.grad(out.loss, trainable(ab_policy)), torch.autograd.grad(by_hand, trainable(ab_policy))):
         assert torch.allclose(x, y, atol=1e-5)
     assert 0 < out.metrics["clip_ratio"] < 1 and out.metrics["kl"] > 0
 

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
 
-from ddrl.config import build_config, load_recipe
-from ddrl.registry import Registry
+from ddrl.config import load_recipe
+from ddrl.testing import check_recipe, recipes_by_task
 
-RECIPES = {p.stem: p for p in sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))}
-TASKS = ("gsm8k", "math500", "countdown", "sudoku")
-
-
-def test_there_is_one_llada_recipe_per_task():
-    assert sorted(RECIPES) == sorted(f"llada_{t}" for t in TASKS)
+RECIPES = recipes_by_task(Path(__file__).parents[1] / "recipes")  # exactly one LLaDA recipe per task
+TASKS = tuple(RECIPES)
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_recipe_has_the_published_tracerl_settings(task):
-    raw = load_recipe(RECIPES[f"llada_{task}"])
+    raw = load_recipe(RECIPES[task])
     assert raw["model"] == {"name": "llada", "path": "/path/to/LLaDA-8B-Instruct", "dtype": "bfloat16",
                             "lora": {"r": 128, "alpha": 64, "dropout": 0.05}}
     assert raw["task"]["name"] == task
@@ -34,11 +29,5 @@ def test_recipe_has_the_published_tracerl_settings(task):
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_recipe_header_and_validation(name):
-    text = RECIPES[name].read_text()
-    header = [line for line in text.splitlines() if line.startswith("#")]
-    assert len([h for h in header if re.match(r"^#\s+ddrl train\b", h)]) >= 2
-    registry = Registry()
-    if "llada" not in registry.names("models"):
-        pytest.skip("the llada model is not registered in this ddrl")
-    config = build_config(load_recipe(RECIPES[name]), registry=registry)
+    config = check_recipe(RECIPES[name])  # the header's commands, validation, YAML round trip
     assert config.objective.name == "tracerl"

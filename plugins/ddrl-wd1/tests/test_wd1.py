@@ -7,10 +7,10 @@ import math
 
 import pytest
 import torch
-from wd1_helpers import build, gen, params, same_state
 
 from ddrl.batch import SequenceBatch
 from ddrl.objectives.base import ObjectiveContext, RolloutBatch
+from ddrl.testing import build, generator, trainable, twin
 from ddrl_wd1 import WD1, WD1Config, wd1_loss, wd1_weights
 
 A, B, EOS, MASK = 5, 6, 3, 1
@@ -107,11 +107,11 @@ def one_step_log_likelihood_by_hand(policy, views) -> torch.Tensor:
 def test_loss_and_gradient_equal_a_hand_loop_over_one_step_canvases(registry, ab_policy):
     estimator = build(registry, "estimators", "one_step", p_mask_prompt=0.5)  # 0.5: masks vary
     roll = rollout([1.0, 0.0, 0.25, 0.5], [0, 0, 1, 1])
-    g = gen(3)
-    twin = same_state(g)
+    g = generator(3)
+    replay = twin(g)
     out, prepared = run_loss(WD1(WD1Config()), roll, ab_policy, estimator, g)
 
-    views = estimator.draw(roll.batch, twin)  # the views the loss drew
+    views = estimator.draw(roll.batch, replay)  # the views the loss drew
     assert bool(views.prompt_masked.any()) and not bool(views.prompt_masked.all())
     s = one_step_log_likelihood_by_hand(ab_policy, views)
     e = math.exp
@@ -121,8 +121,8 @@ def test_loss_and_gradient_equal_a_hand_loop_over_one_step_canvases(registry, ab
     assert torch.allclose(prepared.coefficient, coefficient, atol=1e-6)
     by_hand = -(coefficient * s).sum()
     assert out.loss.item() == pytest.approx(by_hand.item(), abs=1e-5)
-    got = torch.autograd.grad(out.loss, params(ab_policy))
-    want = torch.autograd.grad(by_hand, params(ab_policy))
+    got = torch.autograd.grad(out.loss, trainable(ab_policy))
+    want = torch.autograd.grad(by_hand, trainable(ab_policy))
     for x, y in zip(got, want):
         assert torch.allclose(x, y, atol=1e-6)
     assert out.metrics["log_likelihood"] == pytest.approx(s.mean().item(), abs=1e-5)
@@ -130,13 +130,13 @@ def test_loss_and_gradient_equal_a_hand_loop_over_one_step_canvases(registry, ab
 
 def test_equal_rewards_give_exactly_zero_loss_and_gradient(registry, ab_policy):
     estimator = build(registry, "estimators", "one_step")
-    out, prepared = run_loss(WD1(WD1Config()), rollout([0.7] * 4, [0, 0, 1, 1]), ab_policy, estimator, gen(4))
+    out, prepared = run_loss(WD1(WD1Config()), rollout([0.7] * 4, [0, 0, 1, 1]), ab_policy, estimator, generator(4))
     assert torch.equal(prepared.coefficient, torch.zeros(4))
     assert out.loss.item() == 0.0
-    grads = torch.autograd.grad(out.loss, params(ab_policy), allow_unused=True)
+    grads = torch.autograd.grad(out.loss, trainable(ab_policy), allow_unused=True)
     assert all(g is None or bool((g == 0).all()) for g in grads)
     # positive_only keeps softmax(A) = 1/2 each: a plain likelihood push, not zero
-    out, _ = run_loss(WD1(WD1Config(positive_only=True)), rollout([0.7] * 4, [0, 0, 1, 1]), ab_policy, estimator, gen(4))
+    out, _ = run_loss(WD1(WD1Config(positive_only=True)), rollout([0.7] * 4, [0, 0, 1, 1]), ab_policy, estimator, generator(4))
     assert out.loss.item() > 0
 
 
