@@ -19,15 +19,12 @@ from __future__ import annotations
 import difflib
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
 from ddrl.errors import ConfigError
-
-if TYPE_CHECKING:
-    from ddrl.registry import Registry
 
 __all__ = ["ConfigError", "RunConfig", "build_config", "resolve_config", "load_recipe"]
 
@@ -39,6 +36,14 @@ COMPONENT_SECTIONS: dict[str, str] = {
     "estimator": "estimators",
     "objective": "objectives",
 }
+
+
+class ComponentLookup(Protocol):
+    """What configuration needs of a registry (``ddrl.registry.Registry`` is one)."""
+
+    def get(self, group: str, name: str) -> Any: ...
+
+    def origin(self, group: str, name: str) -> str: ...
 
 
 class ComponentConfig(BaseModel):
@@ -196,7 +201,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
 def build_config(
     raw: dict[str, Any] | None = None,
     overrides: Iterable[str] = (),
-    registry: Registry | None = None,
+    registry: ComponentLookup | None = None,
     sections: Iterable[str] | None = None,
 ) -> RunConfig:
     """Validate a raw recipe (plus overrides) into a ``RunConfig``.
@@ -223,7 +228,7 @@ def build_config(
 
 
 def resolve_config(
-    config: RunConfig, registry: Registry, sections: Iterable[str] | None = None
+    config: RunConfig, registry: ComponentLookup, sections: Iterable[str] | None = None
 ) -> RunConfig:
     """Validate each component section against its registered component's ``Config``."""
     updates = {}

@@ -1,14 +1,15 @@
 """`AdapterFreeView`: a LoRA policy's base weights, used as the RL reference without a copy.
 
 DMPO's published reference is "the base model" = the policy with its LoRA adapters disabled.
-Instead of a deep copy (twice the memory of an 8B model), the trainer can use
-``policy.reference_view()``: every call runs the very same modules with the adapters off.
+Instead of a deep copy (twice the memory of an 8B model), a LoRA policy's ``frozen_reference()``
+is this view: every call runs the very same modules with the adapters off.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -16,8 +17,27 @@ from torch import Tensor
 from ddrl.models.base import MaskedDiffusionPolicy
 from ddrl.models.cache import KVCache
 
-if TYPE_CHECKING:
-    from ddrl.models.hf_policy import HFDiffusionPolicy
+
+class AdapterPolicy(Protocol):
+    """A policy whose LoRA adapters can be switched off for a block (``HFDiffusionPolicy``)."""
+
+    tokenizer: Any
+    mask_token_id: int
+    vocab_size: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor: ...
+
+    def adapters_disabled(self) -> AbstractContextManager[None]: ...
+
+    def encode_prompt(self, prompt: str) -> list[int]: ...
+
+    def forward_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]: ...
+
+    def forward_window(
+        self, window_ids: Tensor, start: int, cache: KVCache, attention_mask: Tensor | None = None
+    ) -> Tensor: ...
 
 
 class AdapterFreeView(MaskedDiffusionPolicy):
@@ -26,7 +46,7 @@ class AdapterFreeView(MaskedDiffusionPolicy):
     kept outside the module tree), so ``.to()`` / ``.eval()`` / ``requires_grad_`` on the view
     never touch the trained policy."""
 
-    def __init__(self, policy: HFDiffusionPolicy) -> None:
+    def __init__(self, policy: AdapterPolicy) -> None:
         super().__init__()
         object.__setattr__(self, "_policy", policy)
         self.tokenizer = policy.tokenizer
@@ -34,7 +54,7 @@ class AdapterFreeView(MaskedDiffusionPolicy):
     supports_kv_cache: ClassVar[bool] = True
 
     @property
-    def policy(self) -> HFDiffusionPolicy:
+    def policy(self) -> AdapterPolicy:
         return self._policy  # type: ignore[no-any-return]
 
     @property

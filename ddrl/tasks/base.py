@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from ddrl.config import ComponentConfig, ConfigError
+from ddrl.config import ComponentConfig, ComponentLookup, ConfigError
 
 if TYPE_CHECKING:
     from ddrl.models.base import MaskedDiffusionPolicy
-    from ddrl.registry import Registry
     from ddrl.rewards.base import RewardFn
     from ddrl.samplers.base import Sampler
 
@@ -131,7 +130,7 @@ class Task(ABC):
         """Fields passed to reward functions for this example."""
         return {"answer": example.answer, **example.columns}
 
-    def reward_functions(self, registry: Registry, required: bool = True) -> list[tuple[str, RewardFn, float]]:
+    def reward_functions(self, registry: ComponentLookup, required: bool = True) -> list[tuple[str, RewardFn, float]]:
         """``(name, fn, weight)`` for each configured reward, resolved through the registry.
 
         ``required=False`` (supervised training) accepts a task without rewards.
