@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ddrl.config import build_config
-from ddrl.exact import all_sequences, entropy, expectation, kl_divergence, sequence_log_probs, tilted_log_target
+from ddrl.enumeration import all_sequences, entropy, expectation, kl_divergence, sequence_log_probs, tilted_log_target
 from ddrl.registry import Registry
 from ddrl.training.trainer import Trainer
 

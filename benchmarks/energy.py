@@ -1,4 +1,5 @@
-"""Energy benchmark: sample 4x4 Ising lattices with a masked diffusion policy (MDNS, design §2.3).
+"""Energy benchmark: sample 4x4 Ising lattices with a masked diffusion policy (MDNS, arXiv 2508.10684;
+docs/objectives.md).
 
 Two targets p*(x) ∝ exp(-beta H(x)) on the 4 x 4 periodic lattice (2^16 states, so p* and log Z are
 exact): MDNS's published setting J = 1, h = 0.1, beta = 0.28 (WDCE: ESS 0.964, KL 0.038, log Z error
@@ -53,8 +54,8 @@ from typing import Any
 import torch
 
 from ddrl.config import build_config
-from ddrl.energy.evaluate import LatticeSample, sample_metrics, sample_policy
-from ddrl.energy.lattice import SpinLattice
+from ddrl.energy.measure import LatticeSample, sample_metrics, sample_policy
+from ddrl.energy.spin_lattice import SpinLattice
 from ddrl.registry import Registry
 from ddrl.training.trainer import Trainer
 

@@ -90,8 +90,8 @@ def run(task: str, objective: str, seed: int, steps: int, every: int) -> dict[st
         curve = [(m["step"], m["eval_accuracy"]) for m in read_metrics(Path(tmp) / "run") if "eval_accuracy" in m]
     rows_per_step = 64 // 2  # completions per optimizer step: 64 per rollout batch, reused for 2 steps
     return {
-        "task": task, "objective": objective, "seed": seed, "before": result.accuracy_before,
-        "after": result.accuracy_after, "seconds": result.seconds,
+        "task": task, "objective": objective, "seed": seed, "before": result.heldout_before,
+        "after": result.heldout_after, "seconds": result.seconds,
         "curve": [{"step": s, "completions": s * rows_per_step, "accuracy": a} for s, a in curve],
     }
 

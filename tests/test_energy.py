@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from ddrl.cli.app import app
 from ddrl.config import ConfigError
-from ddrl.energy.evaluate import LatticeSample, order_averaged_divergences, sample_metrics, sample_policy
-from ddrl.energy.lattice import LatticeTooLarge, SpinLattice, periodic_bonds
+from ddrl.energy.measure import LatticeSample, order_averaged_divergences, sample_metrics, sample_policy
+from ddrl.energy.spin_lattice import LatticeTooLarge, SpinLattice, periodic_bonds
 from ddrl.energy.metrics import (
     histogram_divergences,
     log_partition_estimate,
@@ -23,13 +23,13 @@ from ddrl.energy.metrics import (
     uniform_log_weights,
 )
 from ddrl.energy.swendsen_wang import swendsen_wang_samples
-from ddrl.exact import sequence_log_probs
+from ddrl.enumeration import sequence_log_probs
 from ddrl.models.tiny import TinyArchitecture, TinyPolicy
 from ddrl.objectives.base import ObjectiveContext, RolloutBatch
 from ddrl.objectives.dmpo import DMPO, DMPOConfig
 from ddrl.registry import Registry
 from ddrl.samplers.ancestral import AncestralSampler, AncestralSamplerConfig
-from ddrl.tasks.lattice import IsingConfig, IsingTask, PottsConfig, PottsTask
+from ddrl.tasks.ising_potts import IsingConfig, IsingTask, PottsConfig, PottsTask
 from ddrl.training.logger import read_metrics
 from tests.conftest import PEAKED
 

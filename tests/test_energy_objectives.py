@@ -221,7 +221,7 @@ def test_path_objectives_train_on_the_ising_task(tmp_path, objective):
     result = Trainer(build_config(ising_recipe(tmp_path, {"name": objective}))).train()
     steps = [m for m in result.metrics if "loss" in m]
     assert len(steps) == 2 and all(math.isfinite(m["loss"]) and 0 < m["ess"] <= 1 for m in steps)
-    assert result.heldout_metric == "ess" and 0 < result.accuracy_after <= 1
+    assert result.heldout_metric == "ess" and 0 < result.heldout_after <= 1
 
 
 def test_path_objectives_refuse_a_sampler_without_the_path(tmp_path):

@@ -13,11 +13,11 @@ from ddrl.cli.app import app
 from ddrl.config import EvalConfig
 from ddrl.evaluation.evaluate import evaluate, protocol_sampler
 from ddrl.evaluation.leaderboard import build_leaderboard, column_label
-from ddrl.evaluation.records import ResultStore
+from ddrl.evaluation.results import ResultStore
 from ddrl.models.char_tokenizer import CharTokenizer
 from ddrl.models.tiny import TinyArchitecture, TinyPolicy
 from ddrl.tasks.countdown import CountdownConfig, CountdownTask
-from ddrl.tasks.lattice import IsingConfig, IsingTask
+from ddrl.tasks.ising_potts import IsingConfig, IsingTask
 from ddrl.training.seeding import derive_seed
 
 SMALL_ARCH = TinyArchitecture(d_model=32, n_layers=1, n_heads=2, ffn_hidden=64)

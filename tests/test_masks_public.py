@@ -1,4 +1,4 @@
-"""The public mask schemes plugins build on (design §2.2): SPG's block-wise masks, a sampler's own
+"""The public mask schemes plugins build on (docs/objectives.md): SPG's block-wise masks, a sampler's own
 trajectory (TraceRL), and per-token log-probs under a caller-given mask with gradients."""
 
 from __future__ import annotations

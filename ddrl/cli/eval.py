@@ -16,7 +16,7 @@ from ddrl.cli.common import pick_device
 from ddrl.config import ConfigError, EvalConfig, build_config
 from ddrl.evaluation.evaluate import evaluate, is_measured
 from ddrl.evaluation.policies import PolicySpec, resolve_policy
-from ddrl.evaluation.records import RecordKey, ResultStore, task_id
+from ddrl.evaluation.results import RecordKey, ResultStore, task_id
 from ddrl.registry import Registry, RegistryError
 
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ddrl.config import RunConfig
 from ddrl.evaluation.leaderboard import build_leaderboard
-from ddrl.evaluation.records import ResultStore
+from ddrl.evaluation.results import ResultStore
 
 
 def leaderboard(

@@ -42,6 +42,6 @@ def pretrain(
         policy = registry.build("models", cfg.model.model_copy(update={"path": str(result.final_dir)}))
         policy.save_pretrained(export)
         console.print(f"exported the final model to {export}")
-    if result.accuracy_after is not None:
-        console.print(f"held-out greedy accuracy of the pretrained model: {result.accuracy_after:.3f}")
+    if result.heldout_after is not None:
+        console.print(f"held-out greedy accuracy of the pretrained model: {result.heldout_after:.3f}")
     console.print(f"done in {result.seconds / 60:.1f} min; final model in {result.final_dir}")

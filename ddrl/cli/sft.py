@@ -67,12 +67,12 @@ def sft(
         f"done: {result.steps} steps in {result.seconds / 60:.1f} min | outputs in {result.run_dir} | "
         f"start RL from it: ddrl train --model {cfg.model.name} --model-path {result.final_dir}"
     )
-    if result.accuracy_before is not None and result.accuracy_after is not None:
+    if result.heldout_before is not None and result.heldout_after is not None:
         console.print(
-            f"held-out accuracy: before {result.accuracy_before:.3f} -> after {result.accuracy_after:.3f} "
-            f"({100 * (result.accuracy_after - result.accuracy_before):+.1f} points)"
+            f"held-out accuracy: before {result.heldout_before:.3f} -> after {result.heldout_after:.3f} "
+            f"({100 * (result.heldout_after - result.heldout_before):+.1f} points)"
         )
         typer.echo(
-            f"result: accuracy_before={result.accuracy_before:.3f} accuracy_after={result.accuracy_after:.3f} "
+            f"result: accuracy_before={result.heldout_before:.3f} accuracy_after={result.heldout_after:.3f} "
             f"minutes={result.seconds / 60:.1f}"
         )

@@ -63,14 +63,14 @@ def train(
         f"{last.get('reward', float('nan')):.3f} | outputs in {result.run_dir} "
         f"(final policy {result.final_dir}, metrics.jsonl, curves.png)"
     )
-    if result.accuracy_before is not None and result.accuracy_after is not None:
+    if result.heldout_before is not None and result.heldout_after is not None:
         name = result.heldout_metric  # accuracy, or the task's own measure (ess for ising/potts)
-        change = result.accuracy_after - result.accuracy_before
+        change = result.heldout_after - result.heldout_before
         console.print(
-            f"held-out {name}: before {result.accuracy_before:.3f} -> after {result.accuracy_after:.3f} "
+            f"held-out {name}: before {result.heldout_before:.3f} -> after {result.heldout_after:.3f} "
             + (f"({100 * change:+.1f} points)" if name == "accuracy" else f"({change:+.3f})")
         )
         typer.echo(
-            f"result: {name}_before={result.accuracy_before:.3f} {name}_after={result.accuracy_after:.3f} "
+            f"result: {name}_before={result.heldout_before:.3f} {name}_after={result.heldout_after:.3f} "
             f"minutes={result.seconds / 60:.1f}"
         )

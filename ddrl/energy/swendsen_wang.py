@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from ddrl.energy.lattice import SpinLattice
+from ddrl.energy.spin_lattice import SpinLattice
 
 
 def cluster_labels(active: Tensor, bonds: Tensor, num_sites: int) -> Tensor:

@@ -1,6 +1,6 @@
 """The `LikelihoodEstimator` interface: masked views of a batch, scored by a policy.
 
-Every estimator in ddrl is the same two steps (design §4):
+Every estimator in ddrl is the same two steps (docs/objectives.md, "Likelihood estimators"):
 
 1. ``draw``: a random *mask scheme* turns each of the B sequences into R masked copies ("views"),
    saying for each view which completion positions are masked, which of them are scored, and the

@@ -1,4 +1,4 @@
-"""`coupled`: DiffuCoder's coupled-sampling estimator for coupled-GRPO (design §4).
+"""`coupled`: DiffuCoder's coupled-sampling estimator for coupled-GRPO (docs/objectives.md).
 
 t ~ U[0.2, 0.8] per sequence; one view masks the completion where u < t, its partner where
 u >= t, so every completion token is predicted exactly once across the pair, weighted 1/t and

@@ -1,4 +1,4 @@
-"""`elbo`: the masked-diffusion evidence lower bound by Monte Carlo (design §1, §4).
+"""`elbo`: the masked-diffusion evidence lower bound by Monte Carlo (docs/objectives.md, "Path likelihoods").
 
     log p(o|q) >= E_{m ~ U{1..L}} (L/m) E_{|M|=m} sum_{d in M} log pi(o with M masked)_{d, o_d}
 

@@ -1,4 +1,4 @@
-"""`exact`: the random-order autoregressive likelihood (design §4).
+"""`exact`: the random-order autoregressive likelihood (docs/objectives.md, "Path likelihoods").
 
 For an unmasking order sigma the path likelihood is exact and costs L forward passes:
 

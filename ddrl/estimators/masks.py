@@ -1,4 +1,4 @@
-"""Mask schemes: how an estimator (or a loss) masks the completion (design §4, §2.1, §2.2).
+"""Mask schemes: how an estimator (or a loss) masks the completion (docs/objectives.md).
 
 Each scheme is a pure function of the completion's valid positions ``valid [B, L]`` and a
 ``torch.Generator``; it returns ``MaskedViews``. The weights are chosen so that the weighted sum of
@@ -6,7 +6,7 @@ scored log-probs is the scheme's estimate (see ``estimators.base``).
 
 Public API: plugins build their estimators and losses from these schemes and score the views with
 ``estimators.base.score_views`` (per-token log-probs under the views' masks, with gradients).
-Besides the estimators' schemes, two serve the plugin objectives of design §2.2 and any other:
+Besides the estimators' schemes, two serve the plugin objectives (docs/objectives.md) and any other:
 ``blockwise_masks`` (SPG's block-wise masks) and ``trajectory_masks`` (a sampler's own canvases,
 from ``SampleOutput.unmask_step``, for TraceRL).
 """
@@ -140,7 +140,7 @@ def random_order(valid: Tensor, generator: torch.Generator | None = None) -> Ten
 def sft_masks(valid: Tensor, generator: torch.Generator | None = None, eps: float = 1e-3) -> MaskedViews:
     """LLaDA's supervised masking: per sequence t ~ U(0, 1), p = (1 - eps) t + eps, each valid
     completion token masked with probability p and weighted 1 / (p * n_valid), so that
-    -sum(weights * logprobs) is sum_masked CE / p / answer_length (design §2.3)."""
+    -sum(weights * logprobs) is sum_masked CE / p / answer_length (docs/objectives.md, "SFT")."""
     b, n = valid.shape
     t = _rand((b, 1), valid, generator)
     p = (1 - eps) * t + eps  # (B, 1)

@@ -1,4 +1,4 @@
-"""`one_step`: d1's single-pass per-token estimator (design §4).
+"""`one_step`: d1's single-pass per-token estimator (docs/objectives.md).
 
 One view per sequence: every completion token masked, each real prompt token masked with
 probability ``p_mask_prompt`` (0.15 in d1), one forward pass; the per-token estimate is

@@ -1,4 +1,4 @@
-"""Held-out evaluation under the field's protocol (design §7): greedy block decoding, fixed block
+"""Held-out evaluation under the field's protocol (docs/tasks.md): greedy block decoding, fixed block
 length, steps = length x steps_per_length, accuracy from the task's own scorer.
 
 A task whose target is a distribution (``Task.measure_policy``: Ising/Potts) is measured instead:

@@ -1,4 +1,4 @@
-"""The paper-style table from evaluation records (design §7, §10).
+"""The paper-style table from evaluation records (docs/tasks.md, evaluation protocol).
 
 Rows are model x objective, columns are task x generation length, cells are mean ± std of the
 accuracy over seeds (in %), the best cell of each column is marked. The step convention is part of

@@ -1,4 +1,4 @@
-"""Key/value caches for bidirectional masked diffusion models (the `fast` sampler, design §5).
+"""Key/value caches for bidirectional masked diffusion models (the `fast` sampler, docs/samplers.md).
 
 Under bidirectional attention every position's keys and values depend on every other position,
 so a cache is an *approximation* (Fast-dLLM): keys/values computed on an earlier canvas are reused

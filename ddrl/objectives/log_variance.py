@@ -1,6 +1,6 @@
 """`log_variance`: the log-variance divergence between path measures (a loss MDNS compares).
 
-MDNS (arXiv 2508.10684, design §2.3) compares WDCE with this loss; the divergence itself is the
+MDNS (arXiv 2508.10684; docs/objectives.md) compares WDCE with this loss; the divergence itself is the
 log-variance loss of Richter et al. (2020). With F as in ``objectives.path`` (model path
 log-likelihood minus the tilted target along the recorded order),
 

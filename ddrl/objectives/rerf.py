@@ -1,6 +1,6 @@
 """`rerf`: REINFORCE on the reverse KL between path measures, KL(p_theta || p*) (a loss MDNS compares).
 
-MDNS (arXiv 2508.10684, design §2.3) compares WDCE with plain REINFORCE on the reverse KL. With F
+MDNS (arXiv 2508.10684; docs/objectives.md) compares WDCE with plain REINFORCE on the reverse KL. With F
 as in ``objectives.path``, E_{p_theta}[F] = KL(p_theta || p*) - log Z over the joint law of
 (sigma, x), and the score-function identity gives
 

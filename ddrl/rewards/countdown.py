@@ -1,4 +1,4 @@
-"""Countdown rewards of d1 (design §7): 1.0 when the answer is an expression using exactly the
+"""Countdown rewards of d1 (docs/tasks.md): 1.0 when the answer is an expression using exactly the
 given numbers (as a multiset) and equal to the target within 1e-5; 0.1 when there is an answer
 that is wrong, uses other numbers or cannot be evaluated; 0 when there is no answer.
 

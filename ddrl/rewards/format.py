@@ -1,4 +1,4 @@
-"""d1's format rewards (design §7), shared by every task that uses the ``<reasoning>``/``<answer>``
+"""d1's format rewards (docs/tasks.md), shared by every task that uses the ``<reasoning>``/``<answer>``
 template. Values and matching rules reproduce d1's functions so that reward curves compare.
 
 - ``d1_strict_format`` 0.5: the whole completion is ``<reasoning>\\n…\\n</reasoning>\\n<answer>\\n…

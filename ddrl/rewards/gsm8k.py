@@ -1,4 +1,4 @@
-"""GSM8K rewards of d1 (design §7); ``answer`` is the gold number string (after ``####``).
+"""GSM8K rewards of d1 (docs/tasks.md); ``answer`` is the gold number string (after ``####``).
 
 "The answer" of a completion is the text inside its last ``<answer>…</answer>`` pair
 (``ddrl.tasks.protocol.extract_answer``); a completion without a pair gets 0 from both.

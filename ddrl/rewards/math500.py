@@ -1,4 +1,4 @@
-"""MATH500 rewards of d1 (design §7); ``answer`` is the gold answer without ``\\boxed``.
+"""MATH500 rewards of d1 (docs/tasks.md); ``answer`` is the gold answer without ``\\boxed``.
 
 - ``math500_correctness`` 2.0 when the completion's last ``\\boxed{…}`` is equivalent to the
   gold answer — by math-verify, where d1 compared normalised strings (see

@@ -1,4 +1,4 @@
-"""Sudoku reward of d1 (design §7): the digits of the answer, padded with 0 or cut to 16; the
+"""Sudoku reward of d1 (docs/tasks.md): the digits of the answer, padded with 0 or cut to 16; the
 reward is the fraction of the puzzle's empty cells whose digit matches the stored solution
 (0 without an answer). Columns: ``puzzle`` and ``solution``, 16-digit strings.
 """

@@ -1,4 +1,4 @@
-"""`ancestral`: exact random-order (ROAR / CTMC) sampling, one token per step (design §5).
+"""`ancestral`: exact random-order (ROAR / CTMC) sampling, one token per step (docs/samplers.md).
 
 Blocks are filled left to right (``block_length = null`` means one block, a uniformly random order
 over the whole completion); inside a block the order is a uniformly random permutation, drawn per

@@ -1,4 +1,4 @@
-"""`block`: LLaDA's semi-autoregressive sampler with low-confidence remasking (design §5).
+"""`block`: LLaDA's semi-autoregressive sampler with low-confidence remasking (docs/samplers.md).
 
 The completion is split into blocks of ``block_length`` filled left to right in
 ``steps / num_blocks`` steps each. At every step the policy scores the whole canvas; a candidate

@@ -1,4 +1,4 @@
-"""`fast`: Fast-dLLM's block sampler with a key/value cache and confidence-threshold decoding (design §5).
+"""`fast`: Fast-dLLM's block sampler with a KV cache and confidence-threshold decoding (docs/samplers.md).
 
 Implements Fast-dLLM (Wu et al. 2025, arXiv 2505.22618) on top of the `block` sampler's blocks:
 

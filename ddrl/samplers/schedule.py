@@ -1,5 +1,5 @@
 """Step schedules, per-row selection and log-prob bookkeeping shared by the block-wise samplers
-(design §5)."""
+(docs/samplers.md)."""
 
 from __future__ import annotations
 

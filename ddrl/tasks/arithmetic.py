@@ -1,4 +1,4 @@
-"""Safe exact arithmetic for Countdown (design §7): a checker that never calls ``eval``.
+"""Safe exact arithmetic for Countdown (docs/tasks.md): a checker that never calls ``eval``.
 
 The widely used checker matches the answer against ``[\\d+\\-*/().\\s]+`` and then ``eval``s it;
 ``9**9**9**9`` passes that pattern and never finishes. Here an expression is accepted only if it

@@ -1,4 +1,4 @@
-"""`countdown`: reach a target with + − × ÷, using each given number exactly once (design §7).
+"""`countdown`: reach a target with + − × ÷, using each given number exactly once (docs/tasks.md).
 
 Two variants:
 

@@ -10,7 +10,7 @@ Local paths (a task's ``data_path``) may be
   contains the split (``4x4_test_sudoku.csv``).
 
 Missing data is a ``ConfigError`` that names what to provide; nothing here touches the network
-(design §7: datasets load from a local path or the HF cache; CI runs offline).
+(docs/tasks.md: datasets load from a local path or the HF cache; CI runs offline).
 
 Generated splits (Countdown, Sudoku) are disjoint by construction: each puzzle's group hashes,
 with the seed, to a side (one in ``TEST_SHARE`` to test), and a split keeps only puzzles of its

@@ -1,4 +1,4 @@
-"""`gsm8k`: grade-school math word problems, zero-shot under the d1 protocol (design §7).
+"""`gsm8k`: grade-school math word problems, zero-shot under the d1 protocol (docs/tasks.md).
 
 Data come from ``data_path`` (JSONL/parquet file or directory with ``train``/``test`` files in
 GSM8K's shape, ``{"question": .., "answer": "..#### 72"}``) or from the Hugging Face cache

@@ -1,4 +1,4 @@
-"""`math500`: the 500-problem MATH test subset, zero-shot under the d1 protocol (design §7).
+"""`math500`: the 500-problem MATH test subset, zero-shot under the d1 protocol (docs/tasks.md).
 
 Data come from ``data_path`` (JSONL/parquet with ``problem`` and ``answer``, or ``solution``
 whose last ``\\boxed{…}`` is the answer) or from the Hugging Face cache

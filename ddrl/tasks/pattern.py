@@ -1,10 +1,10 @@
-"""`pattern`: a token-level toy target small enough to enumerate (design §2: verification).
+"""`pattern`: a token-level toy target small enough to enumerate (docs/objectives.md: verification).
 
 Prompts are short random token sequences over ``num_tokens`` ids; each prompt has a target pattern
 of ``length`` tokens, and the reward is the fraction of completion positions that match it. With a
 token-only `tiny` policy (``charset: null``, ``vocab_size = num_tokens + 1``) every completion can be
 listed, so p_theta, the tilted target p* ∝ p_ref exp(r/alpha) and KL(p*||p_theta) are exact
-(``ddrl.exact``). No text is involved: prompts are token ids and completions are shown as ids.
+(``ddrl.enumeration``). No text is involved: prompts are token ids and completions are shown as ids.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""The d1 zero-shot protocol (design §7): its system prompt and the parsers every task shares.
+"""The d1 zero-shot protocol (docs/tasks.md): its system prompt and the parsers every task shares.
 
 "The answer" of a completion is the text inside its last ``<answer>…</answer>`` pair; a
 completion without a complete pair has no answer. (d1's GSM8K reward split on the last
-``<answer>`` and took everything after it when the closing tag was missing; design §7 asks for
-the last pair, so a truncated ``<answer>\\n42`` counts as no answer here.)
+``<answer>`` and took everything after it when the closing tag was missing; ddrl takes
+the last pair (docs/tasks.md), so a truncated ``<answer>\\n42`` counts as no answer here.)
 
 Also here, because tasks score and rewards reward with the same rules and rewards must not
 import tasks: the last ``\\boxed{…}`` (nested braces), numeric normalisation for GSM8K, d1's
@@ -19,7 +19,7 @@ from fractions import Fraction
 
 logger = logging.getLogger(__name__)
 
-# d1's format block (design §7); every d1-variant prompt starts with it.
+# d1's format block (docs/tasks.md); every d1-variant prompt starts with it.
 D1_SYSTEM_PROMPT = (
     "Respond in the following format:\n<reasoning>\n...\n</reasoning>\n<answer>\n...\n</answer>\n"
 )

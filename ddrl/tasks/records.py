@@ -1,4 +1,4 @@
-"""`records`: prompt/response data for the supervised stage (``ddrl sft``, design §2.3).
+"""`records`: prompt/response data for the supervised stage (``ddrl sft``, docs/objectives.md, "SFT").
 
 Each record becomes one example whose reference completion is the response. Three layouts:
 

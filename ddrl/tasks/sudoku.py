@@ -1,4 +1,4 @@
-"""`sudoku`: 4×4 puzzles as 16-digit strings, 0 for an empty cell (design §7).
+"""`sudoku`: 4×4 puzzles as 16-digit strings, 0 for an empty cell (docs/tasks.md).
 
 Scoring follows d1: the digits of the answer, padded with ``0`` or cut to 16, and the fraction
 of the puzzle's empty cells whose digit matches the stored solution. About a quarter of the
@@ -147,7 +147,7 @@ class SudokuTask(Task):
 
 
 # ------------------------------------------------------------------------------------------------
-# validity (design §7: the extra metric)
+# validity (docs/tasks.md: the extra metric)
 
 
 def is_valid_solution(grid: str, puzzle: str) -> bool:

@@ -1,1 +1,1 @@
-"""The training loop shared by every objective (design §3, §9)."""
+"""The training loop shared by every objective (docs/architecture.md, docs/training-llms.md)."""

@@ -1,4 +1,4 @@
-"""Processes: an accelerate setup that cannot silently train unsynchronised (design §9).
+"""Processes: an accelerate setup that cannot silently train unsynchronised (docs/training-llms.md).
 
 Two traps on machines without GPUs, both checked at start-up:
 

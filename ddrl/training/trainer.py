@@ -1,4 +1,4 @@
-"""The RL loop every objective shares: rollouts -> rewards -> objective -> optimizer (design §3).
+"""The RL loop every objective shares: rollouts -> rewards -> objective -> optimizer (docs/architecture.md).
 
 One *rollout batch* (``num_prompts x G`` completions over all processes) serves
 ``num_iterations`` (mu) optimizer steps; each optimizer step accumulates gradients over this
@@ -48,9 +48,9 @@ class TrainResult:
     final_dir: Path
     steps: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
-    accuracy_before: float | None = None  # held-out accuracy (eval.during_training) ...
-    accuracy_after: float | None = None
-    heldout_metric: str = "accuracy"  # ... or the task's own held-out metric (e.g. ess for ising)
+    heldout_before: float | None = None  # the held-out metric before training (eval.during_training) ...
+    heldout_after: float | None = None  # ... and after
+    heldout_metric: str = "accuracy"  # its name: greedy accuracy, or the task's own (ess for ising)
     seconds: float = 0.0
 
 
@@ -180,7 +180,7 @@ class Trainer:
                     self._heldout(step)
         after = self._heldout(step)
         result = self._finish(step)
-        result.accuracy_before, result.accuracy_after = before, after
+        result.heldout_before, result.heldout_after = before, after
         result.heldout_metric = self.task.heldout_metric
         result.seconds = time.perf_counter() - start
         return result

@@ -1,4 +1,4 @@
-"""d1's format rewards reproduced value for value (design §7)."""
+"""d1's format rewards reproduced value for value (docs/tasks.md)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ddrl.energy.lattice import LatticeTooLarge, SpinLattice
+from ddrl.energy.spin_lattice import LatticeTooLarge, SpinLattice
 from ddrl.energy.metrics import (
     histogram_divergences,
     log_partition_estimate,
@@ -118,7 +118,7 @@ def order_averaged_divergences(
     """Exact KL(p* || p_theta) and KL(p_theta || p*) with p_theta(x) = E_sigma p_theta(x; sigma)
     averaged over all n! orders (dynamic programming over the 2^n revealed sets, for each of the
     q^n states): tiny lattices only."""
-    from ddrl.exact import kl_divergence, sequence_log_probs
+    from ddrl.enumeration import kl_divergence, sequence_log_probs
 
     if lattice.num_sites > max_sites:
         raise LatticeTooLarge(

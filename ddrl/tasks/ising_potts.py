@@ -1,10 +1,10 @@
-"""`ising` and `potts`: sample a Boltzmann distribution on an L x L periodic lattice (MDNS, design §2.3).
+"""`ising` and `potts`: sample a Boltzmann distribution on an L x L periodic lattice (MDNS, arXiv 2508.10684).
 
 There is no prompt and no text. A completion of n = L^2 tokens is a configuration (site (i, j) =
 position i*L + j, values 0..q-1; Ising spins s = 2x - 1), the reward is r(x) = -beta H(x)
 (``lattice_boltzmann``), and with alpha = 1 and a uniform reference the tilted target is
 p*(x) ∝ exp(-beta H(x)). Energies, bonds (each neighbour pair once, also at L = 2) and exact
-log Z: ``ddrl.energy.lattice``.
+log Z: ``ddrl.energy.spin_lattice``.
 
 What a run needs besides the task (``suggested_sections``, applied by ``ddrl train --task ising``):
 a token-only `tiny` model over q values plus the mask (``charset: null``, ``vocab_size = q + 1``),
@@ -23,8 +23,8 @@ import torch
 from pydantic import ConfigDict, Field
 
 from ddrl.config import ConfigError
-from ddrl.energy.evaluate import sample_metrics, sample_policy
-from ddrl.energy.lattice import LatticeKind, SpinLattice
+from ddrl.energy.measure import sample_metrics, sample_policy
+from ddrl.energy.spin_lattice import LatticeKind, SpinLattice
 from ddrl.tasks.base import Example, Task, TaskConfig
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@
 Where every completion can be listed, p_theta(o|q) is computable exactly (the order-averaged
 likelihood, ``estimators.exact.log_likelihood_all_orders``), and so are the reward-tilted target
 p*(o|q) ∝ p_ref(o|q) exp(r(q,o)/alpha) and every divergence between them. This is how ddrl checks
-that an objective does what it claims (design §2: DMPO must drive KL(p*||p_theta) towards 0).
+that an objective does what it claims (docs/objectives.md: DMPO must drive KL(p*||p_theta) towards 0).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Reward of the lattice tasks (`ising`, `potts`): r(x) = -beta H(x), the log Boltzmann factor.
 
 With alpha = 1 and a uniform reference the tilted target p*(x) ∝ exp(r(x)) is the Boltzmann
-distribution (design §2.3). The configuration is the completion as token ids (site a = position a,
-row-major); the lattice comes from the example's ``lattice`` column (``SpinLattice`` fields).
+distribution (docs/objectives.md, "Energy targets"). The configuration is the completion as token
+ids (site a = position a, row-major); the lattice comes from the example's ``lattice`` column (``SpinLattice`` fields).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ddrl.energy.lattice import SpinLattice
+from ddrl.energy.spin_lattice import SpinLattice
 
 
 def lattice_boltzmann(
