@@ -128,13 +128,14 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     proc = subprocess.Popen([sys.executable, "-m", "ddrl.cli.app", "train", "--config", str(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed" / "checkpoints" / "step-000004"
+    # killed at the first checkpoint: six more steps to go leave a wide margin before it could finish
+    checkpoint = tmp_path / "killed" / "checkpoints" / "step-000002"
     deadline = time.time() + 120
     while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert checkpoint.exists(), "the run never reached its step-4 checkpoint"
+    assert checkpoint.exists(), "the run never reached its step-2 checkpoint"
     assert not (tmp_path / "killed" / "final").exists(), "the process finished before it was killed"
 
     resumed = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "killed")])
