@@ -188,6 +188,11 @@ class DMPO(Objective[DMPOState]):
         return self.config.log_ratio == "path"
 
     @property
+    def reestimates(self) -> bool:
+        """The unbiased baseline: log p_theta - log p_old re-estimated before every inner iteration."""
+        return self.config.baseline == "unbiased"
+
+    @property
     def needs_sampler(self) -> frozenset[str]:
         return path_records(self.needs_reference) if self.exact_path else frozenset()
 
@@ -201,7 +206,7 @@ class DMPO(Objective[DMPOState]):
     # -------------------------------------------------------------------------------------------
     def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> DMPOState:
         views = old_logp = None
-        if not self.exact_path or self.config.baseline == "unbiased":
+        if not self.exact_path or self.reestimates:
             # views shared by ref and old (and by the current policy for the unbiased baseline)
             views = ctx.estimator.draw(rollout.batch, ctx.generator, rollout.order)
             old_logp = ctx.estimator.score(ctx.policy, rollout.batch, views).sequence()
@@ -218,11 +223,11 @@ class DMPO(Objective[DMPOState]):
 
     def weigh(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext) -> Weighed[DMPOState]:
         # iteration 0 of the unbiased baseline: theta == old, log p_theta - log p_old = 0
-        current = torch.zeros_like(state.log_rnd) if self.config.baseline == "unbiased" else None
+        current = torch.zeros_like(state.log_rnd) if self.reestimates else None
         return self._weigh(rollout, state, ctx, current)
 
     def begin_iteration(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext, iteration: int) -> DMPOState:
-        if self.config.baseline != "unbiased" or iteration == 0 or state.views is None:
+        if not self.reestimates or iteration == 0 or state.views is None:
             return state
         now = ctx.estimator.score(ctx.policy, rollout.batch, state.views).sequence()
         return self._weigh(rollout, state, ctx, now - state.old_logp).state

@@ -116,7 +116,7 @@ class FastSampler(Sampler):
     ) -> FastSampleOutput:
         """Fill the completion block by block; see the module docstring for the cache and steps."""
         cfg = self.config
-        if cfg.cache != "none" and not getattr(policy, "supports_kv_cache", False):
+        if cfg.cache != "none" and not policy.supports_kv_cache:
             raise ValueError(
                 f"the `fast` sampler's {cfg.cache} cache needs a policy with a key/value cache, and "
                 f"{type(policy).__name__} has none (supports_kv_cache is False); set sampler.cache: none "
