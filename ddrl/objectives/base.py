@@ -53,6 +53,8 @@ class RolloutBatch(RowState):
             global: equal across processes for the same prompt.
         sample: what the sampler recorded (unmasking order, per-token log-probs), if anything.
         reward_components: ``{name: [B]}`` each reward function's raw values.
+        from_reference: ``[B]`` bool, rows drawn from the reference policy (a defensive share,
+            ``Objective.reference_share``), or None when every row came from the current policy.
 
     ``index(rows)`` and ``RolloutBatch.cat(chunks)`` (``ddrl.rows.RowState``) cut and join every
     field, the sampler's record included.
@@ -63,6 +65,7 @@ class RolloutBatch(RowState):
     group_ids: Tensor
     sample: SampleOutput | None = None
     reward_components: dict[str, Tensor] = field(default_factory=dict)
+    from_reference: Tensor | None = None
 
     def __len__(self) -> int:
         return self.batch.batch_size
@@ -106,12 +109,13 @@ class ObjectiveContext:
         return batch.up_to_eos(self.policy.eos_token_id) if up_to_eos else batch
 
     def groups(self, rollout: RolloutBatch, *values: Tensor) -> tuple[Groups, list[Tensor]]:
-        """The rollout's group ids and rewards gathered from every process (``Groups``), and each
-        further ``[B]`` tensor in ``values`` gathered the same way (``[N]``, rank-major)."""
-        gathered = [self.gather(t.contiguous()) for t in (rollout.group_ids, rollout.rewards, *values)]
+        """The rollout's group ids, rewards and completions gathered from every process (``Groups``),
+        and each further ``[B, ...]`` tensor in ``values`` gathered the same way (rank-major)."""
+        own = (rollout.group_ids, rollout.rewards, rollout.batch.completion_ids)
+        gathered = [self.gather(t.contiguous()) for t in (*own, *values)]
         b = len(rollout)
         local = slice(self.process_index * b, (self.process_index + 1) * b)
-        return Groups(gathered[0], gathered[1], local), gathered[2:]
+        return Groups(gathered[0], gathered[1], gathered[2], local), gathered[3:]
 
 
 @dataclass
@@ -175,6 +179,12 @@ class Objective(ABC, Generic[S]):
     def rollout_scorers(self, ctx: ObjectiveContext) -> list[MaskedDiffusionPolicy]:
         """Policies the sampler should score along its path (e.g. the reference)."""
         return []
+
+    @property
+    def reference_share(self) -> float:
+        """Share of each prompt's completions drawn from the reference policy instead of the current
+        one (a defensive mixture proposal; ``ddrl.samplers.mixture``). 0: all from the current."""
+        return 0.0
 
     @abstractmethod
     def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> S:

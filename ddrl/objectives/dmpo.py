@@ -26,6 +26,7 @@ softmax(r - log p_old(o; sigma)), and ``baseline: none`` is its WDCE.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
@@ -70,6 +71,10 @@ class DMPOConfig(ObjectiveConfig):
         False, description="loss masks only up to (and including) the first EOS",
         validation_alias=AliasChoices("mask_after_eos", "mask_up_to_eos"),  # the earlier name still loads
     )
+    defensive: float = Field(
+        0.0, ge=0, lt=1,
+        description="epsilon: share of each group drawn from the reference; weights against (1-eps) p_old + eps p_ref",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DMPOConfig:
@@ -78,6 +83,8 @@ class DMPOConfig(ObjectiveConfig):
         lo, hi = self.loss_rate_range
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"loss_rate_range must satisfy 0 < lo <= hi <= 1, got {self.loss_rate_range}")
+        if self.defensive > 0 and self.reference == "uniform":
+            raise ValueError("defensive draws come from the reference policy: set reference=policy or defensive=0")
         return self
 
 
@@ -155,6 +162,16 @@ def adaptive_proximal(
     return torch.where(ok_at_max, torch.full_like(tilt, c_max), lo)
 
 
+def mixture_log_ratio(ref_logp: Tensor, old_logp: Tensor, share: float) -> Tensor:
+    """``[B]`` log p_ref - log q, q the proposal: p_old, or with a defensive ``share`` eps of every
+    group drawn from p_ref the mixture q = (1 - eps) p_old + eps p_ref (weights then stay below
+    exp(r/alpha) / eps, and no group can consist of one repeated completion)."""
+    if share == 0:
+        return ref_logp - old_logp
+    log_q = torch.logaddexp(old_logp + math.log1p(-share), ref_logp + math.log(share))
+    return ref_logp - log_q
+
+
 @dataclass
 class DMPOState(RowState):
     """What DMPO freezes per rollout batch.
@@ -193,6 +210,10 @@ class DMPO(Objective[DMPOState]):
         return self.config.baseline == "unbiased"
 
     @property
+    def reference_share(self) -> float:
+        return self.config.defensive
+
+    @property
     def needs_sampler(self) -> frozenset[str]:
         return path_records(self.needs_reference) if self.exact_path else frozenset()
 
@@ -212,13 +233,15 @@ class DMPO(Objective[DMPOState]):
             old_logp = ctx.estimator.score(ctx.policy, rollout.batch, views).sequence()
         if self.exact_path:
             path = recorded_path(rollout, self.needs_reference, "dmpo log_ratio=path", "set objective.log_ratio=estimator")
-            log_rnd = (0.0 if path.ref_logp is None else path.ref_logp) - path.old_logp
+            old, ref = path.old_logp, path.ref_logp
         elif not self.needs_reference:
-            log_rnd = -old_logp  # type: ignore[operator]  # log p_ref is a constant: dropped
+            old, ref = old_logp, None
         elif ctx.ref_policy is None:
             raise ConfigError("dmpo needs a reference policy")
         else:
-            log_rnd = ctx.estimator.score(ctx.ref_policy, rollout.batch, views).sequence() - old_logp  # type: ignore[arg-type]
+            old, ref = old_logp, ctx.estimator.score(ctx.ref_policy, rollout.batch, views).sequence()  # type: ignore[arg-type]
+        # the uniform reference's log p_ref is a constant: dropped
+        log_rnd = -old if ref is None else mixture_log_ratio(ref, old, self.config.defensive)  # type: ignore[operator]
         return DMPOState(log_rnd, views, old_logp)
 
     def weigh(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext) -> Weighed[DMPOState]:
@@ -254,6 +277,7 @@ class DMPO(Objective[DMPOState]):
             "weight_max": w.w_plus.max().item(),
             "advantage_abs_mean": w.advantages.abs().mean().item(),
             "frac_reward_zero_std": groups.frac_reward_zero_std(),
+            "frac_groups_identical": groups.frac_identical(),
             "num_groups": float(groups.count),
         }
 

@@ -32,11 +32,13 @@ class Groups:
     Attributes:
         ids: ``[N]`` the group (prompt) id of every row.
         rewards: ``[N]`` every row's reward, as the rollout holds it.
+        completions: ``[N, L]`` every row's completion token ids.
         local: this process's rows of every gathered ``[N]`` tensor.
     """
 
     ids: Tensor
     rewards: Tensor
+    completions: Tensor
     local: slice
 
     def mine(self, x: Tensor) -> Tensor:
@@ -52,6 +54,11 @@ class Groups:
         """Share of groups whose rewards are all equal (no learning signal for a relative advantage)."""
         std = per_group(group_std(self.rewards.double(), self.ids), self.ids)
         return (std < 1e-6).float().mean().item()
+
+    def frac_identical(self) -> float:
+        """Share of groups whose completions are all the same sequence: their self-normalised
+        weights are uniform whatever the rewards, so a group-relative signal vanishes."""
+        return per_group(identical_groups(self.completions, self.ids), self.ids).float().mean().item()
 
 
 def group_advantages(rewards: Tensor, group_ids: Tensor, centre: Centre = "group_mean", scale: bool = False) -> Tensor:
@@ -112,6 +119,16 @@ def normalized_ess(weights: Tensor, group_ids: Tensor) -> Tensor:
     """Per-row 1 / (G sum_g w_g^2) of its group, for weights normalised within each group:
     1 for uniform weights, 1/G when one completion takes all the weight."""
     return 1.0 / (group_size(group_ids).to(weights.dtype) * group_sum(weights**2, group_ids))
+
+
+def identical_groups(x: Tensor, group_ids: Tensor) -> Tensor:
+    """``[N]`` bool: whether every row of each row's group equals the group's first row (``x [N, ...]``)."""
+    inv, n = group_index(group_ids)
+    first = torch.full((n,), x.shape[0], dtype=torch.long, device=x.device).scatter_reduce(
+        0, inv, torch.arange(x.shape[0], device=x.device), reduce="amin"
+    )
+    same = (x == x[first[inv]]).reshape(x.shape[0], -1).all(-1)
+    return group_sum(same.double(), group_ids) == group_size(group_ids)
 
 
 def per_group(x: Tensor, group_ids: Tensor) -> Tensor:

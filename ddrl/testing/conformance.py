@@ -363,14 +363,17 @@ def check_task(
         _require(all(isinstance(e, Example) for e in examples), label, f"split {split!r} holds non-Example items")
         _require(examples == task.split(split), label, f"split {split!r} differs between two reads")
     sample = task.split(task.splits[0])[:3]
-    completions = [task.reference_completion(e) or str(e.answer) for e in sample]
+    length = (type(task).eval_lengths(task.config) or [8])[0]
+    tokens = [t for t in range(policy.vocab_size) if t != policy.mask_token_id]
+    ids = [[tokens[(i + d) % len(tokens)] for d in range(length)] for i in range(len(sample))]
+    completions = [task.reference_completion(e) or task.decode(row, policy) for e, row in zip(sample, ids)]
     for example, completion in zip(sample, completions):
         _require(isinstance(task.format_prompt(example), str), label, "format_prompt() must return text")
         _require(all(isinstance(t, int) for t in task.encode(example, policy)), label, "encode() must return token ids")
         accuracy = task.score(example, completion).get("accuracy")
         ok = isinstance(accuracy, float) and (math.isnan(accuracy) or 0.0 <= accuracy <= 1.0)
         _require(ok, label, f"score() must report an accuracy in [0, 1] or NaN, got {accuracy!r}")
-    columns: dict[str, list[Any]] = {}
+    columns: dict[str, list[Any]] = {"completion_ids": ids}
     for example in sample:
         for key, value in task.reward_columns(example).items():
             columns.setdefault(key, []).append(value)

@@ -9,7 +9,7 @@ processes — the property that lets a 2-process run reproduce a 1-process one.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -20,6 +20,7 @@ from ddrl.models.base import MaskedDiffusionPolicy
 from ddrl.objectives.base import RolloutBatch
 from ddrl.rewards.base import RewardFn, combine_rewards
 from ddrl.samplers.base import Sampler, SampleOutput
+from ddrl.samplers.mixture import sample_mixture
 from ddrl.tasks.base import Example, Task
 from ddrl.training.seeding import keyed_generator
 
@@ -46,6 +47,12 @@ class RolloutPlan:
                 f"num_generations ({num_generations})"
             )
         return cls(rows // num_generations, num_generations, per_device, world_size, rank)
+
+    def from_reference(self, chunk: int, share: float) -> list[bool]:
+        """Per row of ``chunk``: drawn from the reference? The last round(share * G) generations of
+        every prompt are (the same rows whatever the number of processes)."""
+        k = round(share * self.num_generations)
+        return [r % self.num_generations >= self.num_generations - k for r in self.chunk_rows(chunk)]
 
     @property
     def num_chunks(self) -> int:
@@ -98,22 +105,31 @@ def generate_chunk(
     generator: torch.Generator,
     scorers: Sequence[MaskedDiffusionPolicy] = (),
     max_prompt_length: int | None = None,
+    from_reference: Sequence[bool] | None = None,
+    reference: MaskedDiffusionPolicy | None = None,
 ) -> tuple[RolloutBatch, ChunkStats]:
-    """Generate one completion per example (examples repeat for the G generations) and score it."""
+    """Generate one completion per example (examples repeat for the G generations) and score it;
+    rows flagged ``from_reference`` are drawn from ``reference`` (``sample_mixture``)."""
     device = policy.device
     encoded = [task.encode(ex, policy) for ex in examples]
     if max_prompt_length is not None:
         encoded = [ids[-max_prompt_length:] for ids in encoded]  # keep the end of long prompts
     prompt_ids, prompt_mask = left_pad(encoded, policy.pad_token_id)
+    flags = None if from_reference is None else torch.tensor(list(from_reference), dtype=torch.bool, device=device)
     was_training = policy.training
     policy.eval()
     try:
-        out = sampler.sample(
-            policy, prompt_ids.to(device), prompt_mask.to(device), generator=generator, scorers=scorers
-        )
+        if flags is not None and bool(flags.any()):
+            if reference is None:
+                raise ConfigError("rows drawn from the reference need a reference policy")
+            out = sample_mixture(sampler, policy, reference, prompt_ids.to(device), prompt_mask.to(device), flags,
+                                 generator=generator, scorers=scorers)
+        else:
+            out = sampler.sample(policy, prompt_ids.to(device), prompt_mask.to(device), generator=generator, scorers=scorers)
     finally:
         policy.train(was_training)
-    return _score_chunk(policy, task, examples, group_ids, reward_fns, out.batch, out)
+    rollout, stats = _score_chunk(policy, task, examples, group_ids, reward_fns, out.batch, out)
+    return replace(rollout, from_reference=flags), stats
 
 
 def _score_chunk(

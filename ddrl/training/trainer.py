@@ -290,9 +290,11 @@ class Trainer:
                 self.policy, self.task, examples, groups, self.reward_fns, rng,
                 self.sampler.completion_length, tc.reference_noise, tc.max_prompt_length,
             )
+        share = self.objective.reference_share
         return generate_chunk(
             self.policy, self.sampler, self.task, examples, groups, self.reward_fns,
             self._key("rollout", index, chunk), scorers, tc.max_prompt_length,
+            self.plan.from_reference(chunk, share) if share > 0 else None, self.ref,
         )
 
     def _rollout_metrics(self, local: RolloutBatch, stats: list[ChunkStats]) -> dict[str, float]:

@@ -74,8 +74,11 @@ def test_weights_use_the_group_gathered_from_every_process():
     local_r, local_ids = torch.tensor([1.0, 0.0, 2.0]), torch.tensor([4, 4, 9])
     remote_r, remote_ids = torch.tensor([0.5, 0.0, 5.0]), torch.tensor([4, 9, 9])
 
-    def gather(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([t, remote_ids if t.dtype == torch.long else remote_r])
+    remote_completions = torch.ones(3, 2, dtype=torch.long)
+
+    def gather(t: torch.Tensor) -> torch.Tensor:  # ids, rewards and completions, each with the other rank's
+        remote = remote_completions if t.dim() == 2 else remote_ids if t.dtype == torch.long else remote_r
+        return torch.cat([t, remote])
 
     objective = WD1(WD1Config())
     roll = RolloutBatch(SequenceBatch.from_parts(torch.ones(3, 1, dtype=torch.long), torch.ones(3, 2, dtype=torch.long)),
