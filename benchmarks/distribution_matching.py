@@ -12,6 +12,14 @@ Run:   python benchmarks/distribution_matching.py            # all variants, 3 s
        python benchmarks/distribution_matching.py --quick    # headline: dmpo vs the GRPOs, 1 seed
 The last line is machine-readable: ``result: dmpo_kl_ratio=… diffu_grpo_kl_ratio=… …`` where
 ratio = final KL(p*||p_theta) / KL(p*||p_ref).
+
+Family mode (DMPO on problems nobody tuned it for, ``exact_problems.py``):
+       python benchmarks/distribution_matching.py --family 12            # 12 problems x 3 seeds
+       python benchmarks/distribution_matching.py --family 12 --quick    # 300 steps, 1 seed (< 5 min)
+       python benchmarks/distribution_matching.py --family 12 --family-seed 7   # other problems
+Every problem also trains the supervised floor (exact draws of p*, uniform weights, same loss and
+budget); the last line: ``result: family_median_ratio_to_floor=… family_worst_ratio_to_floor=…
+collapses=… own_problem_kl_ratio=…`` for the first method (DMPOConfig() defaults).
 """
 
 from __future__ import annotations
@@ -213,6 +221,9 @@ def plot(results: list[dict[str, Any]], methods: list[str], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="headline methods, one seed")
+    parser.add_argument("--family", type=int, default=None, metavar="K", help="K generated problems (family mode)")
+    parser.add_argument("--family-seed", type=int, default=0, help="which family of problems")
+    parser.add_argument("--processes", type=int, default=2, help="family mode: runs in parallel, one thread each")
     parser.add_argument("--methods", nargs="*", default=None)
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
     parser.add_argument("--steps", type=int, default=1000)
@@ -220,6 +231,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/figures/distribution_matching"))
     parser.add_argument("--replot", action="store_true", help="redraw the figure from the saved JSON")
     args = parser.parse_args()
+    if args.family is not None:
+        from family import run_family
+
+        run_family(args)
+        return
     suffix = "_quick" if args.quick else ""
     if args.replot:
         saved = json.loads(args.out.with_name(args.out.name + suffix + ".json").read_text())

@@ -84,7 +84,9 @@ def reference_entropy(problem: Problem, registry: Registry) -> float:
 def make_family(size: int, family_seed: int = 0) -> list[Problem]:
     """``size`` problems from ``family_seed``: reward kinds in turn, alpha and a target reference
     entropy (uniform in [0.6, 0.97] of log V^L) drawn per problem; the model seed and init std are
-    searched until the reference's entropy is within 0.03 of the target (closest of 40 tries)."""
+    searched until the reference's entropy is within 0.03 of the target (closest of 40 tries), then
+    the reward's seed until KL(p* || p_ref) >= MIN_KL (largest of 10 tries): a problem where
+    matching the target matters, not one the start already solves within the floor's noise."""
     rng = random.Random(f"ddrl-dmpo-family-{family_seed}")
     registry = Registry()
     problems = []
@@ -102,8 +104,36 @@ def make_family(size: int, family_seed: int = 0) -> list[Problem]:
                 best = replace(candidate, entropy_fraction=h)
             if abs(h - target) < 0.03:
                 break
-        problems.append(best)  # type: ignore[arg-type]
+        problems.append(_with_enough_tilt(best, rng, registry))  # type: ignore[arg-type]
     return problems
+
+
+MIN_KL = 0.4  # nats of KL(p* || p_ref) a family problem needs at least
+
+
+def _with_enough_tilt(problem: Problem, rng: random.Random, registry: Registry) -> Problem:
+    best, best_kl = problem, target_kl(problem, registry)
+    for _ in range(10):
+        if best_kl >= MIN_KL:
+            break
+        candidate = replace(problem, task={**problem.task, "seed": rng.randrange(10**6)})
+        kl = target_kl(candidate, registry)
+        if kl > best_kl:
+            best, best_kl = candidate, kl
+    return best
+
+
+def target_kl(problem: Problem, registry: Registry) -> float:
+    """KL(p* || p_ref) of the problem, averaged over its prompts."""
+    cfg = build_config({"model": problem.model(), "task": problem.task}, registry=registry, sections=["model", "task"])
+    policy = registry.build("models", cfg.model).eval()
+    task = registry.build("tasks", cfg.task)
+    completions = all_sequences(NUM_TOKENS, LENGTH)
+    kls = []
+    for ex in task.split("train"):
+        log_ref = sequence_log_probs(policy, ex.columns["prompt_ids"], completions)
+        kls.append(kl_divergence(tilted_log_target(log_ref, rewards_of(problem.task, ex, completions), problem.alpha), log_ref))
+    return statistics.mean(kls)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from pydantic import AliasChoices, ConfigDict, Field, model_validator
@@ -40,21 +40,35 @@ from ddrl.estimators.masks import antithetic_masks
 from ddrl.models.base import MaskedDiffusionPolicy
 from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch, Weighed
 from ddrl.objectives.denoising import wdce
-from ddrl.objectives.groups import Groups, group_size, group_softmax, group_std, normalized_ess, per_group
+from ddrl.objectives.groups import Groups, group_size, group_softmax, group_std, group_sum, normalized_ess, per_group
 from ddrl.objectives.path import Reference, path_records, path_scorers, recorded_path
 from ddrl.rows import RowState
 
 Baseline = Literal["negative", "mean", "unbiased", "none"]
+
+# The published code's settings (arXiv 2510.08233): one flag away, ``objective.preset=published``.
+# On exact problems the negative baseline collapses to a point mass (docs/dmpo.md); the robust
+# defaults are the field defaults below.
+PUBLISHED = {
+    "proximal": 1.0, "target_ess": None, "baseline": "negative", "baseline_strength": 1.0,
+    "scale_by_std": False, "loss_replicates": 4, "defensive": 0.0,
+}
 
 
 class DMPOConfig(ObjectiveConfig):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "dmpo"
+    preset: Literal["robust", "published"] = Field(
+        "robust", description="robust: ddrl's defaults (docs/dmpo.md); published: the paper's settings, unless set here"
+    )
     alpha: float = Field(0.04, gt=0, description="temperature of the tilt exp(r / alpha)")
     proximal: float = Field(1.0, gt=0, le=1, description="c: 1 = full tilt; < 1 interpolates towards p_old")
     target_ess: float | None = Field(
         None, gt=0, le=1, description="adaptive c per group so that 1/(G sum w^2) hits this (e.g. 0.7)"
+    )
+    ess_anneal: float | None = Field(
+        None, gt=0, le=1, description="target_ess falls linearly to 0 over this share of training (then c = proximal)"
     )
     baseline: Baseline = "negative"
     baseline_strength: float = Field(1.0, ge=0)
@@ -71,10 +85,24 @@ class DMPOConfig(ObjectiveConfig):
         False, description="loss masks only up to (and including) the first EOS",
         validation_alias=AliasChoices("mask_after_eos", "mask_up_to_eos"),  # the earlier name still loads
     )
+    mask_allocation: Literal["even", "weight"] = Field(
+        "even", description="even: R loss masks per completion; weight: as many masks in all, drawn by |weight|",
+    )
+    normalisation: Literal["self", "jackknife"] = Field(
+        "self", description="self: w+ = softmax_G (self-normalised IS); jackknife: its leave-one-out bias correction",
+    )
     defensive: float = Field(
         0.0, ge=0, lt=1,
         description="epsilon: share of each group drawn from the reference; weights against (1-eps) p_old + eps p_ref",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """``preset: published`` fills the published values of every option the section leaves unset."""
+        if isinstance(data, dict) and data.get("preset") == "published":
+            return {**PUBLISHED, **data}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> DMPOConfig:
@@ -106,6 +134,7 @@ def dmpo_weights(
     strength: float = 1.0,
     scale_by_std: bool = False,
     current_log_ratio: Tensor | None = None,
+    jackknife: bool = False,
 ) -> DMPOWeights:
     """DMPO's per-group weights and advantages; all tensors ``[N]`` (docs/objectives.md)::
 
@@ -121,10 +150,36 @@ def dmpo_weights(
     if target_ess is not None:
         c = adaptive_proximal(tilt, group_ids, target_ess, proximal)
     w_plus = group_softmax(c * tilt, group_ids)
+    if jackknife:
+        w_plus = jackknife_weights(w_plus, group_ids)
     advantages = w_plus - strength * dmpo_baseline(baseline, log_rnd, rewards / alpha, c, group_ids, current_log_ratio)
     if scale_by_std:
         advantages = advantages / (group_std(advantages, group_ids) + 1e-8)
     return DMPOWeights(advantages.float(), w_plus.float(), c.float(), normalized_ess(w_plus, group_ids).float())
+
+
+def allocate_by_weight(weights: Tensor, draws: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Systematic resampling of ``draws`` rows with probability |a_i| / A (A = sum |a|): returns the
+    ``[draws]`` row indices and their row weights sign(a_i) A / draws, so that for any per-row
+    quantity E[sum_k weight_k x_(row_k)] = sum_i a_i x_i. ``weights [B]`` = a. Rows with large |a|
+    are drawn many times (each draw with masks of its own), rows with a ~ 0 rarely."""
+    total = weights.abs().sum()
+    cdf = torch.cumsum(weights.abs() / total, 0)
+    u = torch.rand((), generator=generator, device=weights.device)
+    points = (torch.arange(draws, device=weights.device) + u) / draws
+    picked = torch.searchsorted(cdf, points.to(cdf.dtype)).clamp(max=len(weights) - 1)
+    return picked, torch.sign(weights[picked]) * total / draws
+
+
+def jackknife_weights(w: Tensor, group_ids: Tensor) -> Tensor:
+    """``[N]`` the jackknife correction of self-normalised weights ``w`` (summing to 1 per group):
+    G * w_j - (G - 1)/G * sum_{i != j} w_j / (1 - w_i), the weights of G * I - (G - 1) * mean_i I_(-i)
+    (I_(-i) the estimate without sample i), whose O(1/G) bias towards the proposal cancels. They
+    still sum to 1 per group, but may be negative."""
+    g = group_size(group_ids).to(w)
+    rest = (1 - w).clamp(min=1e-12)  # the other samples' total weight when i is left out
+    t = group_sum(1 / rest, group_ids)
+    return g * w - (g - 1) / g * w * (t - 1 / rest)
 
 
 def dmpo_baseline(
@@ -262,10 +317,18 @@ class DMPO(Objective[DMPOState]):
         extra = [] if current_log_ratio is None else [current_log_ratio]
         groups, (log_rnd, *current) = ctx.groups(rollout, state.log_rnd, *extra)
         w = dmpo_weights(
-            log_rnd, groups.rewards, groups.ids, cfg.alpha, cfg.proximal, cfg.target_ess, cfg.baseline,
-            cfg.baseline_strength, cfg.scale_by_std, current[0] if current else None,
+            log_rnd, groups.rewards, groups.ids, cfg.alpha, cfg.proximal, self._target_ess(ctx.progress), cfg.baseline,
+            cfg.baseline_strength, cfg.scale_by_std, current[0] if current else None, cfg.normalisation == "jackknife",
         )
         return Weighed(replace(state, advantages=groups.mine(w.advantages)), self._metrics(groups, log_rnd, w))
+
+    def _target_ess(self, progress: float) -> float | None:
+        """The ESS the adaptive c aims at now: ``target_ess``, annealed to none over ``ess_anneal``."""
+        cfg = self.config
+        if cfg.target_ess is None or cfg.ess_anneal is None:
+            return cfg.target_ess
+        target = cfg.target_ess * (1 - progress / cfg.ess_anneal)
+        return target if target > 0 else None
 
     @staticmethod
     def _metrics(groups: Groups, log_rnd: Tensor, w: DMPOWeights) -> dict[str, float]:
@@ -283,7 +346,12 @@ class DMPO(Objective[DMPOState]):
 
     def loss(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
         cfg = self.config
-        batch = ctx.counted(rollout.batch, cfg.mask_after_eos)
-        views = antithetic_masks(batch.completion_mask, cfg.loss_replicates, ctx.generator, cfg.loss_rate_range, "inverse_masked")
-        loss = wdce(score_views(ctx.policy, rollout.batch, views), views.weights, state.advantages)
+        batch, rows = ctx.counted(rollout.batch, cfg.mask_after_eos), state.advantages
+        replicates = cfg.loss_replicates
+        if cfg.mask_allocation == "weight" and bool(rows.abs().sum() > 0):
+            # the same number of masked views, spent where the weight is (see allocate_by_weight)
+            picked, rows = allocate_by_weight(state.advantages, len(rows) * replicates // 2, ctx.generator)
+            batch, replicates = batch.index(picked), 2
+        views = antithetic_masks(batch.completion_mask, replicates, ctx.generator, cfg.loss_rate_range, "inverse_masked")
+        loss = wdce(score_views(ctx.policy, batch, views), views.weights, rows)
         return ObjectiveOutput(loss, {"wdce": loss.item()})
