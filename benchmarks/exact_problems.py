@@ -26,7 +26,6 @@ from torch import Tensor
 from ddrl.batch import SequenceBatch
 from ddrl.config import build_config
 from ddrl.enumeration import all_sequences, entropy, expectation, kl_divergence, sequence_log_probs, tilted_log_target
-from ddrl.models.tiny import TinyArchitecture, TinyPolicy
 from ddrl.objectives.base import ObjectiveContext, RolloutBatch, Weighed
 from ddrl.objectives.dmpo import DMPO, DMPOState
 from ddrl.objectives.groups import group_size
@@ -171,6 +170,10 @@ class UniformWDCE(DMPO):
     @property
     def needs_sampler(self) -> frozenset[str]:
         return frozenset()
+
+    @property
+    def reference_share(self) -> float:
+        return 0.0
 
     def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> DMPOState:
         return DMPOState(torch.zeros(len(rollout)))

@@ -27,7 +27,7 @@ def run_family(args: argparse.Namespace) -> None:
     problems = [OWN_PROBLEM, *make_family(args.family, args.family_seed)]
     methods = args.methods or (["dmpo"] if args.quick else list(FAMILY_METHODS))
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    steps = QUICK_STEPS if args.quick else args.steps
+    steps = min(args.steps, QUICK_STEPS) if args.quick else args.steps
     every = max(1, steps // 10)
     jobs = [(p, FLOOR, {}, ELBO, s, steps, every) for p in problems for s in seeds]
     jobs += [(p, m, *FAMILY_METHODS[m], s, steps, every) for m in methods for p in problems for s in seeds]

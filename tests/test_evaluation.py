@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from ddrl.cli.app import app

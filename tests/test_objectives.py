@@ -17,7 +17,7 @@ from ddrl.config import ConfigError
 from ddrl.estimators.base import MaskedViews
 from ddrl.estimators.elbo import ElboConfig, ElboEstimator
 from ddrl.estimators.exact import ExactConfig, ExactEstimator
-from ddrl.estimators.masks import antithetic_masks, one_step_masks
+from ddrl.estimators.masks import antithetic_masks
 from ddrl.estimators.one_step import OneStepConfig, OneStepEstimator
 from ddrl.models.char_tokenizer import CharTokenizer
 from ddrl.models.tiny import TinyArchitecture, TinyPolicy
@@ -229,7 +229,7 @@ def test_proximal_coefficient_scales_the_log_weights():
     assert torch.allclose(w.w_plus, root / root.sum(), atol=1e-6)
     assert torch.equal(w.proximal, torch.full((3,), 0.5))
     # the negative baseline is tilted by the same c: w- proportional to [1, 2, 1/3]^0.5
-    neg = dmpo_weights(log_rnd, rewards, torch.zeros(3, dtype=torch.long), alpha=alpha, proximal=0.5)
+    neg = dmpo_weights(log_rnd, rewards, torch.zeros(3, dtype=torch.long), alpha=alpha, proximal=0.5, baseline="negative")
     root_minus = torch.tensor([1.0, math.sqrt(2), math.sqrt(1 / 3)])
     assert torch.allclose(neg.advantages, root / root.sum() - root_minus / root_minus.sum(), atol=1e-6)
 
@@ -521,7 +521,7 @@ def test_per_group_picks_the_first_row_of_each_group_in_id_order():
 def test_dmpo_with_reference_equal_to_old_has_zero_log_ratio_and_a_differentiable_loss(token_policy):
     batch = batch_for(PROMPT, G_COMPLETIONS[:4])
     rollout = RolloutBatch(batch, torch.tensor([1.0, 0.0, 0.0, 1.0]), torch.tensor([0, 0, 1, 1]))
-    objective = DMPO(DMPOConfig())
+    objective = DMPO(DMPOConfig(preset="published"))  # the negative baseline, no defensive share
     g = gen(4)
     ctx = ctx_for(token_policy, elbo(), ref_policy=token_policy, generator=g)
     with torch.no_grad():
@@ -576,7 +576,7 @@ def test_dmpo_path_log_ratio_is_the_exact_ratio_along_the_sampled_order(token_po
     prompts = torch.tensor([PROMPT] * 4)
     out = sampler.sample(token_policy, prompts, generator=gen(6), scorers=[token_policy_b])
     rollout = RolloutBatch(out.batch, torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long), out)
-    objective = DMPO(DMPOConfig(log_ratio="path"))
+    objective = DMPO(DMPOConfig(log_ratio="path", defensive=0.0))
     ctx = ctx_for(token_policy, ExactEstimator(ExactConfig()), ref_policy=token_policy_b)
     assert objective.rollout_scorers(ctx) == [token_policy_b]
     with torch.no_grad():

@@ -93,8 +93,6 @@ class ObjectiveContext:
         process_index: this process's rank; its rows are ``[rank*B, (rank+1)*B)`` of a gather.
         generator: random source for masks drawn inside the objective (per chunk).
         num_iterations: mu, optimizer steps per rollout batch.
-        progress: the share of training done when the rollout batch was drawn (0 at the start,
-            step / max_steps), for options that follow a schedule.
     """
 
     policy: MaskedDiffusionPolicy
@@ -104,7 +102,6 @@ class ObjectiveContext:
     process_index: int = 0
     generator: torch.Generator | None = None
     num_iterations: int = 1
-    progress: float = 0.0
 
     def counted(self, batch: SequenceBatch, up_to_eos: bool) -> SequenceBatch:
         """``batch`` with the completion positions that count: all of them, or (``up_to_eos``)

@@ -40,7 +40,7 @@ from ddrl.estimators.masks import antithetic_masks
 from ddrl.models.base import MaskedDiffusionPolicy
 from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch, Weighed
 from ddrl.objectives.denoising import wdce
-from ddrl.objectives.groups import Groups, group_size, group_softmax, group_std, group_sum, normalized_ess, per_group
+from ddrl.objectives.groups import Groups, group_size, group_softmax, group_std, normalized_ess, per_group
 from ddrl.objectives.path import Reference, path_records, path_scorers, recorded_path
 from ddrl.rows import RowState
 
@@ -67,10 +67,7 @@ class DMPOConfig(ObjectiveConfig):
     target_ess: float | None = Field(
         None, gt=0, le=1, description="adaptive c per group so that 1/(G sum w^2) hits this (e.g. 0.7)"
     )
-    ess_anneal: float | None = Field(
-        None, gt=0, le=1, description="target_ess falls linearly to 0 over this share of training (then c = proximal)"
-    )
-    baseline: Baseline = "negative"
+    baseline: Baseline = Field("none", description="subtracted from w+: none (plain WDCE), mean, unbiased, negative")
     baseline_strength: float = Field(1.0, ge=0)
     scale_by_std: bool = Field(False, description="divide the advantages by their group std")
     log_ratio: Literal["estimator", "path"] = Field(
@@ -85,15 +82,10 @@ class DMPOConfig(ObjectiveConfig):
         False, description="loss masks only up to (and including) the first EOS",
         validation_alias=AliasChoices("mask_after_eos", "mask_up_to_eos"),  # the earlier name still loads
     )
-    mask_allocation: Literal["even", "weight"] = Field(
-        "even", description="even: R loss masks per completion; weight: as many masks in all, drawn by |weight|",
-    )
-    normalisation: Literal["self", "jackknife"] = Field(
-        "self", description="self: w+ = softmax_G (self-normalised IS); jackknife: its leave-one-out bias correction",
-    )
     defensive: float = Field(
-        0.0, ge=0, lt=1,
-        description="epsilon: share of each group drawn from the reference; weights against (1-eps) p_old + eps p_ref",
+        0.25, ge=0, lt=1,
+        description="epsilon: share of each group drawn from the reference; weights against (1-eps) p_old + eps p_ref "
+        "(not used with reference=uniform)",
     )
 
     @model_validator(mode="before")
@@ -112,7 +104,9 @@ class DMPOConfig(ObjectiveConfig):
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"loss_rate_range must satisfy 0 < lo <= hi <= 1, got {self.loss_rate_range}")
         if self.defensive > 0 and self.reference == "uniform":
-            raise ValueError("defensive draws come from the reference policy: set reference=policy or defensive=0")
+            if "defensive" in self.model_fields_set:
+                raise ValueError("defensive draws come from the reference policy: set reference=policy or defensive=0")
+            self.defensive = 0.0  # the default share needs a reference model to draw from
         return self
 
 
@@ -130,11 +124,10 @@ def dmpo_weights(
     alpha: float,
     proximal: float = 1.0,
     target_ess: float | None = None,
-    baseline: Baseline = "negative",
+    baseline: Baseline = Field("none", description="subtracted from w+: none (plain WDCE), mean, unbiased, negative"),
     strength: float = 1.0,
     scale_by_std: bool = False,
     current_log_ratio: Tensor | None = None,
-    jackknife: bool = False,
 ) -> DMPOWeights:
     """DMPO's per-group weights and advantages; all tensors ``[N]`` (docs/objectives.md)::
 
@@ -150,36 +143,10 @@ def dmpo_weights(
     if target_ess is not None:
         c = adaptive_proximal(tilt, group_ids, target_ess, proximal)
     w_plus = group_softmax(c * tilt, group_ids)
-    if jackknife:
-        w_plus = jackknife_weights(w_plus, group_ids)
     advantages = w_plus - strength * dmpo_baseline(baseline, log_rnd, rewards / alpha, c, group_ids, current_log_ratio)
     if scale_by_std:
         advantages = advantages / (group_std(advantages, group_ids) + 1e-8)
     return DMPOWeights(advantages.float(), w_plus.float(), c.float(), normalized_ess(w_plus, group_ids).float())
-
-
-def allocate_by_weight(weights: Tensor, draws: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
-    """Systematic resampling of ``draws`` rows with probability |a_i| / A (A = sum |a|): returns the
-    ``[draws]`` row indices and their row weights sign(a_i) A / draws, so that for any per-row
-    quantity E[sum_k weight_k x_(row_k)] = sum_i a_i x_i. ``weights [B]`` = a. Rows with large |a|
-    are drawn many times (each draw with masks of its own), rows with a ~ 0 rarely."""
-    total = weights.abs().sum()
-    cdf = torch.cumsum(weights.abs() / total, 0)
-    u = torch.rand((), generator=generator, device=weights.device)
-    points = (torch.arange(draws, device=weights.device) + u) / draws
-    picked = torch.searchsorted(cdf, points.to(cdf.dtype)).clamp(max=len(weights) - 1)
-    return picked, torch.sign(weights[picked]) * total / draws
-
-
-def jackknife_weights(w: Tensor, group_ids: Tensor) -> Tensor:
-    """``[N]`` the jackknife correction of self-normalised weights ``w`` (summing to 1 per group):
-    G * w_j - (G - 1)/G * sum_{i != j} w_j / (1 - w_i), the weights of G * I - (G - 1) * mean_i I_(-i)
-    (I_(-i) the estimate without sample i), whose O(1/G) bias towards the proposal cancels. They
-    still sum to 1 per group, but may be negative."""
-    g = group_size(group_ids).to(w)
-    rest = (1 - w).clamp(min=1e-12)  # the other samples' total weight when i is left out
-    t = group_sum(1 / rest, group_ids)
-    return g * w - (g - 1) / g * w * (t - 1 / rest)
 
 
 def dmpo_baseline(
@@ -317,18 +284,10 @@ class DMPO(Objective[DMPOState]):
         extra = [] if current_log_ratio is None else [current_log_ratio]
         groups, (log_rnd, *current) = ctx.groups(rollout, state.log_rnd, *extra)
         w = dmpo_weights(
-            log_rnd, groups.rewards, groups.ids, cfg.alpha, cfg.proximal, self._target_ess(ctx.progress), cfg.baseline,
-            cfg.baseline_strength, cfg.scale_by_std, current[0] if current else None, cfg.normalisation == "jackknife",
+            log_rnd, groups.rewards, groups.ids, cfg.alpha, cfg.proximal, cfg.target_ess, cfg.baseline,
+            cfg.baseline_strength, cfg.scale_by_std, current[0] if current else None,
         )
         return Weighed(replace(state, advantages=groups.mine(w.advantages)), self._metrics(groups, log_rnd, w))
-
-    def _target_ess(self, progress: float) -> float | None:
-        """The ESS the adaptive c aims at now: ``target_ess``, annealed to none over ``ess_anneal``."""
-        cfg = self.config
-        if cfg.target_ess is None or cfg.ess_anneal is None:
-            return cfg.target_ess
-        target = cfg.target_ess * (1 - progress / cfg.ess_anneal)
-        return target if target > 0 else None
 
     @staticmethod
     def _metrics(groups: Groups, log_rnd: Tensor, w: DMPOWeights) -> dict[str, float]:
@@ -346,12 +305,7 @@ class DMPO(Objective[DMPOState]):
 
     def loss(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
         cfg = self.config
-        batch, rows = ctx.counted(rollout.batch, cfg.mask_after_eos), state.advantages
-        replicates = cfg.loss_replicates
-        if cfg.mask_allocation == "weight" and bool(rows.abs().sum() > 0):
-            # the same number of masked views, spent where the weight is (see allocate_by_weight)
-            picked, rows = allocate_by_weight(state.advantages, len(rows) * replicates // 2, ctx.generator)
-            batch, replicates = batch.index(picked), 2
-        views = antithetic_masks(batch.completion_mask, replicates, ctx.generator, cfg.loss_rate_range, "inverse_masked")
-        loss = wdce(score_views(ctx.policy, batch, views), views.weights, rows)
+        batch = ctx.counted(rollout.batch, cfg.mask_after_eos)
+        views = antithetic_masks(batch.completion_mask, cfg.loss_replicates, ctx.generator, cfg.loss_rate_range, "inverse_masked")
+        loss = wdce(score_views(ctx.policy, rollout.batch, views), views.weights, state.advantages)
         return ObjectiveOutput(loss, {"wdce": loss.item()})

@@ -31,7 +31,7 @@ from ddrl.batch import SequenceBatch, left_pad
 from ddrl.errors import PluginContractError
 from ddrl.estimators.base import MaskedViews, TokenLogProbs
 from ddrl.estimators.exact import ExactConfig, ExactEstimator
-from ddrl.objectives.base import Objective, ObjectiveContext, ObjectiveOutput, RolloutBatch, Weighed
+from ddrl.objectives.base import Objective, ObjectiveContext, ObjectiveOutput, Weighed
 from ddrl.registry import Registry
 from ddrl.rows import RowState
 from ddrl.samplers.base import SampleOutput

@@ -245,9 +245,7 @@ class Trainer:
         self.logger.close()
         return TrainResult(self.run_dir, final, step, read_metrics(self.run_dir))
 
-    def _context(
-        self, generator: torch.Generator | None, trained: bool = False, rollout: int = 0
-    ) -> ObjectiveContext:
+    def _context(self, generator: torch.Generator | None, trained: bool = False) -> ObjectiveContext:
         return ObjectiveContext(
             policy=self.trained if trained else self.policy,  # type: ignore[arg-type]
             estimator=self.estimator,
@@ -256,7 +254,6 @@ class Trainer:
             process_index=self.accelerator.process_index,
             generator=generator,
             num_iterations=self.cfg.train.num_iterations,
-            progress=rollout * self.cfg.train.num_iterations / self.cfg.train.max_steps,
         )
 
     def _key(self, *keys: object) -> torch.Generator:
@@ -277,9 +274,9 @@ class Trainer:
             chunk, st = self._chunk(index, c, examples, groups, scorers)
             chunks.append(chunk)
             stats.append(st)
-            states.append(self.objective.prepare(chunk, self._context(self._key("prepare", index, c), rollout=index)))
+            states.append(self.objective.prepare(chunk, self._context(self._key("prepare", index, c))))
         local = RolloutBatch.cat(chunks)
-        weighed = self.objective.weigh(local, type(states[0]).cat(states), self._context(None, rollout=index))
+        weighed = self.objective.weigh(local, type(states[0]).cat(states), self._context(None))
         metrics = {**weighed.metrics, **self._rollout_metrics(local, stats)}
         return _Rollout(index, chunks, local, stats, weighed.state, metrics)
 
@@ -319,14 +316,14 @@ class Trainer:
         tc = self.cfg.train
         self.policy.train()
         with torch.no_grad():
-            ctx = self._context(self._key("iteration", rollout.index, iteration), rollout=rollout.index)
+            ctx = self._context(self._key("iteration", rollout.index, iteration))
             rollout.state = self.objective.begin_iteration(rollout.local, rollout.state, ctx, iteration)
         lr = set_learning_rate(self.optimizer, step, tc)
         losses, loss_metrics = [], []
         chunks = self.plan.my_chunks()
         for i, (c, chunk) in enumerate(zip(chunks, rollout.chunks)):
             rows = slice(i * tc.per_device_train_batch_size, (i + 1) * tc.per_device_train_batch_size)
-            ctx = self._context(self._key("loss", rollout.index, iteration, c), trained=True, rollout=rollout.index)
+            ctx = self._context(self._key("loss", rollout.index, iteration, c), trained=True)
             sync = i == len(chunks) - 1
             with (nullcontext() if sync else self.accelerator.no_sync(self.wrapped)):
                 out = self.objective.loss(chunk, rollout.state.index(rows), ctx, iteration)

@@ -62,17 +62,28 @@ def _case(base: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
 _ELBO = {"name": "elbo", "num_samples": 2, "mask_scheme": "antithetic"}
 
 CASES: dict[str, dict[str, Any]] = {
-    # DMPO, the published default: ELBO weights, the negative baseline, loss masks up to the first EOS
-    "dmpo": _case(_TEXT, estimator=_ELBO, objective={"name": "dmpo", "alpha": 0.5, "mask_after_eos": True}),
+    # DMPO's defaults: ELBO weights, no baseline, a quarter of every group drawn from the reference
+    "dmpo_default": _case(_TEXT, estimator=_ELBO, objective={"name": "dmpo", "alpha": 0.5}),
+    # DMPO as published: ELBO weights, the negative baseline; loss masks up to the first EOS
+    "dmpo": _case(_TEXT, estimator=_ELBO, objective={"name": "dmpo", "preset": "published", "alpha": 0.5,
+                                                    "mask_after_eos": True}),
     # the unbiased baseline re-weighs at every inner iteration; adaptive c; std scaling
     "dmpo_unbiased": _case(_TEXT, estimator=_ELBO, objective={
-        "name": "dmpo", "alpha": 0.5, "baseline": "unbiased", "target_ess": 0.6, "scale_by_std": True}),
+        "name": "dmpo", "alpha": 0.5, "baseline": "unbiased", "target_ess": 0.6, "scale_by_std": True, "defensive": 0.0}),
     # DMPO's first version: exact path weights from the ancestral sampler, the reference scored on its path
     "dmpo_path": _case(
         _TEXT,
         sampler={"name": "ancestral", "max_completion_length": 8, "temperature": 1.0},
         estimator={"name": "exact"},
-        objective={"name": "dmpo", "alpha": 0.5, "log_ratio": "path", "baseline": "mean", "proximal": 0.8},
+        objective={"name": "dmpo", "alpha": 0.5, "log_ratio": "path", "baseline": "mean", "proximal": 0.8,
+                   "defensive": 0.0},
+    ),
+    # exact path weights with the defensive share: reference draws relabelled along their paths
+    "dmpo_path_defensive": _case(
+        _TEXT,
+        sampler={"name": "ancestral", "max_completion_length": 8, "temperature": 1.0},
+        estimator={"name": "exact"},
+        objective={"name": "dmpo", "alpha": 0.5, "log_ratio": "path"},
     ),
     # MDNS's WDCE on an energy target (uniform reference)
     "dmpo_ising": _case(_ISING, objective={
