@@ -224,7 +224,7 @@ class ExactTracker:
         for prompt, log_target, reward in self.targets:
             lp = sequence_log_probs(trainer.policy, prompt, self.completions)
             kl, ent, rew = kl + kl_divergence(log_target, lp) / n, ent + entropy(lp) / n, rew + expectation(lp, reward) / n
-        completions = step * trainer.plan.num_prompts * G // trainer.cfg.train.num_iterations
+        completions = step * trainer.plan.num_prompts * trainer.plan.num_generations // trainer.cfg.train.num_iterations
         return {"step": step, "completions": completions, "kl": kl, "entropy": ent, "reward": rew}
 
     def __call__(self, trainer: Trainer, step: int) -> dict[str, float] | None:
@@ -236,7 +236,7 @@ class ExactTracker:
 
 
 def recipe(problem: Problem, objective: dict[str, Any], estimator: dict[str, Any], sampler: str, seed: int,
-           steps: int, out: Path) -> dict[str, Any]:
+           steps: int, out: Path, group: int = G) -> dict[str, Any]:
     return {
         "model": problem.model(),
         "task": problem.task,
@@ -246,7 +246,7 @@ def recipe(problem: Problem, objective: dict[str, Any], estimator: dict[str, Any
         "train": {
             "output_dir": str(out), "seed": seed, "max_steps": steps, "learning_rate": 3e-3,
             "lr_scheduler_type": "cosine", "warmup_steps": max(1, steps // 20), "max_grad_norm": 1.0,
-            "per_device_train_batch_size": G * NUM_PROMPTS, "num_generations": G, "num_iterations": 4,
+            "per_device_train_batch_size": group * NUM_PROMPTS, "num_generations": group, "num_iterations": 4,
             "save_steps": 100000,
         },
         "logging": {"report_to": ["jsonl"], "progress": False},
@@ -257,15 +257,17 @@ FLOOR = "floor"
 
 
 def run(problem: Problem, method: str, objective: dict[str, Any], estimator: dict[str, Any], seed: int,
-        steps: int, every: int) -> dict[str, Any]:
-    """Train ``objective`` (or the floor) on ``problem`` from ``seed``; exact curve and summary."""
+        steps: int, every: int, group: int = G) -> dict[str, Any]:
+    """Train ``objective`` (or the floor) on ``problem`` from ``seed`` with ``group`` completions per
+    prompt; exact curve and summary."""
     torch.set_num_threads(1)
     registry = registry_with_floor()
     floor = method == FLOOR
     objective = {"name": "uniform_wdce"} if floor else {**objective, "alpha": problem.alpha}
     tracker = ExactTracker(problem, every)
     with tempfile.TemporaryDirectory() as tmp:
-        raw = recipe(problem, objective, estimator, "target_draws" if floor else "ancestral", seed, steps, Path(tmp) / "run")
+        raw = recipe(problem, objective, estimator, "target_draws" if floor else "ancestral", seed, steps, Path(tmp) / "run",
+                     group)
         start = time.process_time()
         trainer = Trainer(build_config(raw, registry=registry), registry, callbacks=[tracker])
         tracker.setup(trainer)

@@ -196,3 +196,17 @@ def test_a_recipe_folder_must_hold_exactly_one_recipe_per_task(tmp_path):
         recipes_by_task(tmp_path)
     (tmp_path / "llada_sudoku.yaml").write_text("{}\n")
     assert list(recipes_by_task(tmp_path)) == ["gsm8k", "math500", "countdown", "sudoku"]
+
+
+class WrongLean(__import__("ddrl.models.tiny", fromlist=["TinyPolicy"]).TinyPolicy):
+    """Its lean scoring path is off by a constant."""
+
+    def forward(self, input_ids, attention_mask=None, *, scored=None, targets=None):  # noqa: ANN001
+        out = super().forward(input_ids, attention_mask, scored=scored, targets=targets)
+        return out if scored is None else out - 0.5
+
+
+def test_a_model_whose_lean_scoring_disagrees_with_its_logits_is_caught():
+    options = {"charset": "ab", "architecture": {"d_model": 16, "n_layers": 1, "n_heads": 2, "ffn_hidden": 32}}
+    with pytest.raises(ConformanceError, match="lean scoring differs"):
+        check_model("wrong_lean", options=options, registry=registry_with("models", "wrong_lean", WrongLean))

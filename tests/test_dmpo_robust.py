@@ -24,6 +24,8 @@ GROUPS = torch.arange(16) // 8
 class Stuck(TinyPolicy):
     """A policy that has collapsed onto one completion: token 0 everywhere (logit +8)."""
 
+    supports_lean_scoring = False  # its forward changes the logits: score through them
+
     def forward(self, input_ids, attention_mask=None):  # noqa: ANN001
         return super().forward(input_ids, attention_mask) + torch.tensor([8.0, 0.0, 0.0, 0.0])
 

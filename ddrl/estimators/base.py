@@ -153,15 +153,17 @@ def score_views(
 ) -> Tensor:
     """``[B, R, L]`` log pi(view)_{l, o_l} at every scored position (0 elsewhere).
 
-    The policy runs once per view, ``micro_batch_size`` views at a time; the log-softmax is taken
-    only at scored positions (the full ``[*, L, V]`` log-softmax is never materialised).
-    Differentiable: call it under ``torch.no_grad()`` for old/reference policies.
+    The policy runs once per view, ``micro_batch_size`` views at a time, and is asked for the
+    target log-probabilities of the scored positions only (``target_logprobs``: a policy with
+    ``supports_lean_scoring`` applies its head there alone and never holds more than a chunk of
+    ``[*, V]`` logits, ``ddrl.models.head``). Differentiable: call it under ``torch.no_grad()``
+    for old/reference policies.
     """
     b, r, n = views.scored.shape
     ids, attn = views.canvases(batch, policy.mask_token_id)
-    targets = batch.completion_ids.repeat_interleave(r, 0)  # (B*R, L)
+    targets = torch.cat([torch.zeros_like(batch.prompt_ids), batch.completion_ids], 1).repeat_interleave(r, 0)
     scored = views.scored.flatten(0, 1)  # (B*R, L)
-    p = batch.prompt_length
+    prompt = torch.zeros((scored.shape[0], batch.prompt_length), dtype=torch.bool, device=scored.device)
     step = micro_batch_size or ids.shape[0]
     chunks = []
     for start in range(0, ids.shape[0], step):
@@ -170,8 +172,7 @@ def score_views(
         if not bool(sel.any()):
             chunks.append(torch.zeros(sel.shape, device=ids.device))
             continue
-        logits = policy.logits(ids[sl], attn[sl])[:, p:]  # (n, L, V)
-        lp = gather_logprobs(logits[sel], targets[sl][sel])  # (M,)
+        lp = policy.target_logprobs(ids[sl], attn[sl], torch.cat([prompt[sl], sel], 1), targets[sl])  # (M,)
         chunks.append(torch.zeros(sel.shape, device=lp.device, dtype=lp.dtype).masked_scatter(sel, lp))
     return torch.cat(chunks).view(b, r, n)
 

@@ -100,6 +100,22 @@ class MaskedDiffusionPolicy(nn.Module, ABC):
         raise NotImplementedError(f"{type(self).__name__} does not support a key/value cache")
 
     # ----------------------------------------------------------------------------------------
+    # optional: memory-lean scoring (``ddrl.models.head``). A policy that sets the flag accepts
+    # ``forward(input_ids, attention_mask, scored=[B, T] bool, targets=[B, T] long)`` and returns the
+    # ``[M]`` float32 log-probabilities of the targets at the scored positions (M = scored.sum(), in
+    # row-major order), applying its LM head to those positions only. Inside ``forward`` so that a
+    # distributed wrapper (DDP, FSDP) sees the whole computation.
+    supports_lean_scoring: ClassVar[bool] = False
+
+    def target_logprobs(self, input_ids: Tensor, attention_mask: Tensor | None, scored: Tensor, targets: Tensor) -> Tensor:
+        """``[M]`` log pi(input)_{j, targets_j} at the ``scored [B, T]`` positions (row-major)."""
+        if self.supports_lean_scoring:
+            return self(input_ids, attention_mask, scored=scored, targets=targets)
+        logits = self.logits(input_ids, attention_mask)[scored].float()
+        picked = targets[scored]
+        return logits.gather(-1, picked[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    # ----------------------------------------------------------------------------------------
     # training capabilities (the trainer calls these; defaults suit a plain module)
     supports_gradient_checkpointing: ClassVar[bool] = False
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from ddrl.config import ComponentConfig
 from ddrl.models.base import MaskedDiffusionPolicy
 from ddrl.models.cache import KVCache, splice
+from ddrl.models.head import target_logprobs
 from ddrl.models.hf import (
     CONFIG_FILE, DTYPES, Renamer, copy_auxiliary_files, load_tokenizer, load_weights, read_config,
     resolve_checkpoint_dir, save_weights, write_json,
@@ -118,6 +119,7 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
 
     Config: ClassVar[type[HFPolicyConfig]] = HFPolicyConfig
     supports_kv_cache: ClassVar[bool] = True
+    supports_lean_scoring: ClassVar[bool] = True
     shift_logits: ClassVar[bool] = False
     architecture: ClassVar[str] = ""  # for messages
     example_repo: ClassVar[str] = ""
@@ -191,6 +193,11 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
     def _run(self, input_ids: Tensor, positions: Tensor, key_mask: Tensor | None, cache: Any,
              first: Tensor | None) -> Tensor:
         """Logits ``[B, S, V]`` of ``input_ids [B, S]`` at rotary ``positions [B, S]``."""
+        return self.lm_head(self._hidden(input_ids, positions, key_mask, cache, first))
+
+    def _hidden(self, input_ids: Tensor, positions: Tensor, key_mask: Tensor | None, cache: Any,
+                first: Tensor | None) -> Tensor:
+        """``[B, S, D]`` the normalised hidden states the head reads (shifted for Dream)."""
         base = self.model
         x = base.embed_tokens(input_ids)
         mask = key_mask
@@ -207,7 +214,7 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
             if first is not None and bool(first[:, 1:].any()):
                 shifted = torch.where(first[..., None], x, shifted)
             x = shifted
-        return self.lm_head(x)
+        return x
 
     def _rotary(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         rotary = self.model.rotary_emb
@@ -215,12 +222,21 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
             self.model.rotary_emb = rotary = type(rotary)(config=self.model.config).to(x.device)
         return rotary(x, positions)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        """Logits ``[B, T, V]`` for ``input_ids [B, T]``; position j predicts token j."""
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, scored: Tensor | None = None,
+        targets: Tensor | None = None,
+    ) -> Tensor:
+        """Logits ``[B, T, V]`` for ``input_ids [B, T]``; position j predicts token j. With
+        ``scored``/``targets`` the ``[M]`` target log-probs, the head applied at the scored rows only."""
         b, t = input_ids.shape
         positions, key_mask = positions_and_key_mask(attention_mask, b, t, input_ids.device)
         first = None if key_mask is None else first_real(attention_mask)
-        return self._run(input_ids, positions, key_mask, None, first)
+        if scored is None:
+            return self._run(input_ids, positions, key_mask, None, first)
+        hidden = self._hidden(input_ids, positions, key_mask, None, first)[scored]
+        if self.lm_head.bias is not None:
+            raise ValueError("lean scoring needs an LM head without bias")
+        return target_logprobs(hidden, self.lm_head.weight, targets[scored], self.mask_token_id)  # type: ignore[index]
 
     def forward_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
         b, t = input_ids.shape

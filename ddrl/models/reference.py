@@ -27,7 +27,7 @@ class AdapterPolicy(Protocol):
     device: torch.device
     dtype: torch.dtype
 
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor: ...
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None, **scoring: Any) -> Tensor: ...
 
     def adapters_disabled(self) -> AbstractContextManager[None]: ...
 
@@ -76,9 +76,11 @@ class AdapterFreeView(MaskedDiffusionPolicy):
     def encode_prompt(self, prompt: str) -> list[int]:
         return self.policy.encode_prompt(prompt)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    supports_lean_scoring: ClassVar[bool] = True
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **scoring: Any) -> Tensor:
         with torch.no_grad(), self.policy.adapters_disabled():
-            return self.policy(input_ids, attention_mask)
+            return self.policy(input_ids, attention_mask, **scoring)
 
     def forward_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
         with torch.no_grad(), self.policy.adapters_disabled():

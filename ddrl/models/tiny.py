@@ -31,6 +31,7 @@ from ddrl.config import ComponentConfig
 from ddrl.models.base import MaskedDiffusionPolicy
 from ddrl.models.cache import KVCache, splice
 from ddrl.models.char_tokenizer import DEFAULT_CHARSET, TOKENIZER_FILE, CharTokenizer
+from ddrl.models.head import target_logprobs
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -185,6 +186,10 @@ class TinyTransformer(nn.Module):
                     p.copy_(torch.randn(p.shape, generator=generator) * s)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.lm_head(self.hidden(input_ids, attention_mask))
+
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """``[B, T, D]`` the final (normalised) hidden states the head reads."""
         b, t = input_ids.shape
         positions, key_mask = self._positions(b, t, attention_mask, input_ids.device)
         cos, sin = rotary(positions, self.arch.d_model // self.arch.n_heads, self.arch.rope_theta)
@@ -194,7 +199,7 @@ class TinyTransformer(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(layer, x, cos, sin, key_mask, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, key_mask)
-        return self.lm_head(self.norm(x))
+        return self.norm(x)
 
     def forward_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
         """Logits ``[B, T, V]`` (equal to ``forward``'s) and every layer's rotated keys/values."""
@@ -284,6 +289,7 @@ class TinyPolicy(MaskedDiffusionPolicy):
 
     Config = TinyConfig
     supports_kv_cache = True
+    supports_lean_scoring = True
 
     def __init__(self, arch: TinyArchitecture, tokenizer: CharTokenizer | None) -> None:
         super().__init__()
@@ -311,8 +317,15 @@ class TinyPolicy(MaskedDiffusionPolicy):
     def vocab_size(self) -> int:
         return self.arch.vocab_size
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self.net(input_ids, attention_mask)
+    def forward(
+        self, input_ids: Tensor, attention_mask: Tensor | None = None, *, scored: Tensor | None = None,
+        targets: Tensor | None = None,
+    ) -> Tensor:
+        """Raw logits ``[B, T, V]``; with ``scored``/``targets``, the ``[M]`` target log-probs (lean)."""
+        if scored is None:
+            return self.net(input_ids, attention_mask)
+        hidden = self.net.hidden(input_ids, attention_mask)[scored]  # (M, D): the head sees these only
+        return target_logprobs(hidden, self.net.lm_head.weight, targets[scored], self.mask_token_id)  # type: ignore[index]
 
     def forward_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
         return self.net.forward_cache(input_ids, attention_mask)

@@ -89,3 +89,9 @@ class CanvasRecorder(torch.nn.Module):
     def logits(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         self.canvases.append(ids.clone())
         return self.policy.logits(ids, attention_mask)
+
+    def target_logprobs(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor | None, scored: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        self.canvases.append(ids.clone())
+        return self.policy.target_logprobs(ids, attention_mask, scored, targets)

@@ -336,6 +336,13 @@ def check_model(
         attention = torch.cat([torch.zeros(1, 2, dtype=torch.bool), torch.ones_like(row, dtype=torch.bool)], 1)
         again = policy.logits(padded, attention)[:, 2:]
         _require(torch.allclose(again, logits, atol=1e-4), label, "left padding changes the logits of real positions")
+        if policy.supports_lean_scoring:  # the lean path must give the full log-softmax's values
+            scored = torch.zeros_like(row, dtype=torch.bool)
+            scored[:, -2:] = True
+            picked = torch.tensor([tokens[:1] * row.shape[1]])
+            lean = policy.target_logprobs(row, None, scored, picked)
+            full = torch.log_softmax(logits[scored].float(), -1).gather(-1, picked[scored][:, None]).squeeze(-1)
+            _require(torch.allclose(lean, full, atol=1e-4), label, "lean scoring differs from the full log-softmax")
         with tempfile.TemporaryDirectory() as tmp:
             policy.save_pretrained(tmp)
             loaded = type(policy).from_pretrained(tmp).eval()

@@ -65,8 +65,14 @@ class TrainedPolicy:
     def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return suppress_token(self._wrapped(input_ids, attention_mask), self._policy.mask_token_id)
 
-    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self._wrapped(input_ids, attention_mask)
+    def __call__(self, input_ids: Tensor, attention_mask: Tensor | None = None, **scoring: Any) -> Tensor:
+        return self._wrapped(input_ids, attention_mask, **scoring)
+
+    def target_logprobs(self, input_ids: Tensor, attention_mask: Tensor | None, scored: Tensor, targets: Tensor) -> Tensor:
+        """``MaskedDiffusionPolicy.target_logprobs`` through the wrapper's forward."""
+        if self._policy.supports_lean_scoring:
+            return self._wrapped(input_ids, attention_mask, scored=scored, targets=targets)
+        return type(self._policy).target_logprobs(self, input_ids, attention_mask, scored, targets)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._policy, name)
