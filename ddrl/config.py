@@ -82,6 +82,10 @@ class TrainConfig(StrictConfig):
     max_prompt_length: int | None = Field(None, ge=1, description="left-truncate longer prompts")
     bf16: bool = False
     gradient_checkpointing: bool = False
+    loss_micro_batch_size: int | None = Field(
+        None, ge=1, description="masked views per forward in WDCE losses (dmpo, sft); the backward runs per "
+        "micro-batch so their activations never coexist; null = all views of a chunk in one graph",
+    )
     save_steps: int = Field(50, ge=1)
     save_total_limit: int | None = Field(2, ge=1)
     max_bad_steps: int = Field(5, ge=1, description="stop after this many consecutive NaN/inf steps")

@@ -119,3 +119,38 @@ def test_hf_policies_score_lean_with_left_padding_like_the_naive_path(hf_policie
     assert torch.allclose(lean, slow, atol=1e-6)
     for a, b in zip(grads(lean.sum(), policy), grads(slow.sum(), policy)):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("micro", [1, 3, 5])
+def test_backward_by_micro_batches_of_views_gives_the_one_graph_gradients(micro):
+    from ddrl.objectives.denoising import wdce, wdce_by_parts
+
+    policy = tiny64()
+    batch = batch_for([1, 2], torch.tensor([[0, 1, 2, 3], [3, 3, 0, 1], [2, 0, 4, 1]]))
+    views = views_for(batch, seed=2)
+    rows = torch.tensor([0.5, -0.25, 1.0], dtype=torch.float64)
+    one = wdce(score_views(policy, batch, views), views.weights, rows)
+    want = grads(one, policy)
+    parts = []
+    total = wdce_by_parts(policy, batch, views, rows, micro, lambda loss: parts.append(loss.backward()))
+    scored = views.scored.reshape(-1, 4).any(-1)  # views with something to score, in (b, r) order
+    expected = sum(bool(scored[lo : lo + micro].any()) for lo in range(0, len(scored), micro))
+    assert len(parts) == expected > 1  # every micro-batch with a scored view ran its own backward
+    assert torch.allclose(total, one.detach(), atol=1e-6) and not total.requires_grad
+    got = [p.grad for p in policy.parameters() if p.requires_grad]
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_run_with_loss_micro_batches_follows_the_one_graph_run(tmp_path):
+    from ddrl.config import build_config
+    from ddrl.training.trainer import Trainer
+    from tests.test_trainer import PATTERN, recipe
+
+    def losses(**train):
+        raw = recipe(tmp_path / str(len(train)), PATTERN, train={"max_steps": 3, **train})
+        return [m["loss"] for m in Trainer(build_config(raw)).train().metrics if "loss" in m]
+
+    whole, parts = losses(), losses(loss_micro_batch_size=3)
+    assert parts == pytest.approx(whole, rel=1e-5)

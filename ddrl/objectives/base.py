@@ -93,6 +93,11 @@ class ObjectiveContext:
         process_index: this process's rank; its rows are ``[rank*B, (rank+1)*B)`` of a gather.
         generator: random source for masks drawn inside the objective (per chunk).
         num_iterations: mu, optimizer steps per rollout batch.
+        loss_micro_batch_size: masked views per forward in the loss (``train.loss_micro_batch_size``);
+            with it and ``backward``, a loss that is a sum over views runs the backward pass after
+            each micro-batch, so one micro-batch's activations exist at a time.
+        backward: runs the backward pass of a partial loss as the trainer would (None in ``prepare``,
+            ``weigh`` and outside the trainer).
     """
 
     policy: MaskedDiffusionPolicy
@@ -102,6 +107,8 @@ class ObjectiveContext:
     process_index: int = 0
     generator: torch.Generator | None = None
     num_iterations: int = 1
+    loss_micro_batch_size: int | None = None
+    backward: Callable[[Tensor], None] | None = None
 
     def counted(self, batch: SequenceBatch, up_to_eos: bool) -> SequenceBatch:
         """``batch`` with the completion positions that count: all of them, or (``up_to_eos``)
@@ -133,10 +140,13 @@ class Weighed(Generic[S]):
 
 @dataclass
 class ObjectiveOutput:
-    """``loss`` is a scalar tensor with gradient; ``metrics`` are plain floats for logging."""
+    """``loss`` is a scalar tensor with gradient; ``metrics`` are plain floats for logging.
+    ``backward_done``: the objective already ran the backward pass of ``loss`` by parts through
+    ``ctx.backward`` (``loss`` is then its detached value)."""
 
     loss: Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    backward_done: bool = False
 
 
 class ObjectiveConfig(ComponentConfig):

@@ -39,7 +39,7 @@ from ddrl.estimators.base import MaskedViews, score_views
 from ddrl.estimators.masks import antithetic_masks
 from ddrl.models.base import MaskedDiffusionPolicy
 from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch, Weighed
-from ddrl.objectives.denoising import wdce
+from ddrl.objectives.denoising import wdce, wdce_by_parts
 from ddrl.objectives.groups import Groups, group_size, group_softmax, group_std, normalized_ess, per_group
 from ddrl.objectives.path import Reference, path_records, path_scorers, recorded_path
 from ddrl.rows import RowState
@@ -307,5 +307,8 @@ class DMPO(Objective[DMPOState]):
         cfg = self.config
         batch = ctx.counted(rollout.batch, cfg.mask_after_eos)
         views = antithetic_masks(batch.completion_mask, cfg.loss_replicates, ctx.generator, cfg.loss_rate_range, "inverse_masked")
+        if ctx.loss_micro_batch_size is not None and ctx.backward is not None:
+            loss = wdce_by_parts(ctx.policy, rollout.batch, views, state.advantages, ctx.loss_micro_batch_size, ctx.backward)
+            return ObjectiveOutput(loss, {"wdce": loss.item()}, backward_done=True)
         loss = wdce(score_views(ctx.policy, rollout.batch, views), views.weights, state.advantages)
         return ObjectiveOutput(loss, {"wdce": loss.item()})

@@ -20,7 +20,7 @@ from pydantic import ConfigDict, Field
 from ddrl.estimators.base import score_views
 from ddrl.estimators.masks import sft_masks
 from ddrl.objectives.base import NoState, Objective, ObjectiveConfig, ObjectiveContext, ObjectiveOutput, RolloutBatch
-from ddrl.objectives.denoising import wdce
+from ddrl.objectives.denoising import wdce, wdce_by_parts
 
 
 class SFTConfig(ObjectiveConfig):
@@ -51,5 +51,8 @@ class SFT(Objective[NoState]):
             rows = lengths / valid.sum().clamp(min=1).float()
         else:
             rows = torch.full((b,), 1.0 / b, device=valid.device)
+        if ctx.loss_micro_batch_size is not None and ctx.backward is not None:
+            loss = wdce_by_parts(ctx.policy, rollout.batch, views, rows, ctx.loss_micro_batch_size, ctx.backward)
+            return ObjectiveOutput(loss, {"sft_loss": loss.item()}, backward_done=True)
         loss = wdce(score_views(ctx.policy, rollout.batch, views), views.weights, rows)
         return ObjectiveOutput(loss, {"sft_loss": loss.item()})

@@ -246,6 +246,11 @@ class Trainer:
         return TrainResult(self.run_dir, final, step, read_metrics(self.run_dir))
 
     def _context(self, generator: torch.Generator | None, trained: bool = False) -> ObjectiveContext:
+        tc = self.cfg.train
+
+        def backward(partial: torch.Tensor) -> None:
+            self.accelerator.backward(partial / tc.gradient_accumulation_steps)
+
         return ObjectiveContext(
             policy=self.trained if trained else self.policy,  # type: ignore[arg-type]
             estimator=self.estimator,
@@ -253,7 +258,9 @@ class Trainer:
             gather=self.accelerator.gather,
             process_index=self.accelerator.process_index,
             generator=generator,
-            num_iterations=self.cfg.train.num_iterations,
+            num_iterations=tc.num_iterations,
+            loss_micro_batch_size=tc.loss_micro_batch_size,
+            backward=backward if trained else None,
         )
 
     def _key(self, *keys: object) -> torch.Generator:
@@ -327,7 +334,8 @@ class Trainer:
             sync = i == len(chunks) - 1
             with (nullcontext() if sync else self.accelerator.no_sync(self.wrapped)):
                 out = self.objective.loss(chunk, rollout.state.index(rows), ctx, iteration)
-                self.accelerator.backward(out.loss / tc.gradient_accumulation_steps)
+                if not out.backward_done:
+                    self.accelerator.backward(out.loss / tc.gradient_accumulation_steps)
             losses.append(out.loss.detach())
             loss_metrics.append(out.metrics)
         max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else math.inf
