@@ -15,13 +15,11 @@ from ddrl.estimators.elbo import ElboConfig, ElboEstimator, elbo_enumerated
 from ddrl.estimators.exact import ExactConfig, ExactEstimator, log_likelihood_all_orders
 from ddrl.estimators.masks import antithetic_masks, stratified_masks
 from ddrl.estimators.one_step import OneStepConfig, OneStepEstimator
+from ddrl.testing import generator as gen
 from tests.conftest import all_completions, batch_for
 
 PROMPT = [0, 2, 1]
 
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.mark.parametrize("length", [3, 4])

@@ -18,12 +18,10 @@ from ddrl.models.tiny import TinyArchitecture, TinyPolicy
 from ddrl.registry import Registry
 from ddrl.samplers.block import BlockSampler, BlockSamplerConfig
 from ddrl.samplers.fast import FastSampler, FastSamplerConfig, confident_per_row
+from ddrl.testing import generator as gen
 
 TEXTS = ["7+8=", "123*45-6=", "x", "hello world, 42"]
 
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def peaked(n_layers: int, seed: int = 3) -> TinyPolicy:

@@ -12,11 +12,9 @@ import torch
 from ddrl.estimators.base import MaskedViews, score_views
 from ddrl.estimators.masks import blockwise_masks, trajectory_masks
 from ddrl.samplers.block import BlockSampler, BlockSamplerConfig
+from ddrl.testing import generator as gen
 from tests.conftest import batch_for
 
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def within(freq: float, p: float, n: int, sigmas: float = 5.0) -> bool:

@@ -29,25 +29,14 @@ from ddrl.objectives.groups import group_advantages, group_softmax, normalized_e
 from ddrl.objectives.grpo import CoupledGRPO, CoupledGRPOConfig, DiffuGRPO, DiffuGRPOConfig, GRPOState
 from ddrl.objectives.ppo import clipped_surrogate, k3_kl
 from ddrl.samplers.ancestral import AncestralSampler, AncestralSamplerConfig
+from ddrl.testing import generator as gen, twin as same_state, trainable as params
 from tests.conftest import batch_for
 
 PROMPT = [0, 2, 1]
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
-
-def same_state(g: torch.Generator) -> torch.Generator:
-    """A generator that will draw exactly what ``g`` draws next."""
-    twin = torch.Generator()
-    twin.set_state(g.get_state())
-    return twin
-
-
-def params(policy: torch.nn.Module) -> list[Tensor]:
-    return [p for p in policy.parameters() if p.requires_grad]
 
 
 def grads(loss: Tensor, policy: torch.nn.Module) -> list[Tensor]:

@@ -13,13 +13,11 @@ from ddrl.samplers.ancestral import AncestralSampler, AncestralSamplerConfig
 from ddrl.samplers.block import BlockSampler, BlockSamplerConfig
 from ddrl.samplers.schedule import num_transfer_tokens, top_per_row
 from ddrl.testing import CanvasRecorder
+from ddrl.testing import generator as gen
 from tests.conftest import all_completions, batch_for
 
 PROMPT = [0, 2, 1]
 
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def test_schedule_splits_masks_evenly_with_the_remainder_first():

@@ -9,29 +9,21 @@ listed, so p_theta, the tilted target p* ∝ p_ref exp(r/alpha) and KL(p*||p_the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from pydantic import ConfigDict, Field
 
-from ddrl.config import ConfigError
-from ddrl.tasks.base import Example, Task, TaskConfig
-
-if TYPE_CHECKING:
-    from ddrl.models.base import MaskedDiffusionPolicy
+from ddrl.tasks.base import Example
+from ddrl.tasks.tokens import TokenTask, TokenTaskConfig
 
 
-class PatternConfig(TaskConfig):
+class PatternConfig(TokenTaskConfig):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "pattern"
-    num_tokens: int = Field(4, ge=2, description="token ids 0..num_tokens-1 (the policy adds the mask)")
-    length: int = Field(4, ge=1, le=8, description="completion length L (num_tokens^L completions)")
     num_prompts: int = Field(3, ge=1)
-    prompt_length: int = Field(2, ge=0)
 
 
-class PatternTask(Task):
+class PatternTask(TokenTask):
     """The same prompts serve as train and test split: the target is a distribution, not a skill."""
 
     Config = PatternConfig
@@ -47,24 +39,6 @@ class PatternTask(Task):
             target = torch.randint(cfg.num_tokens, (cfg.length,), generator=g).tolist()
             out.append(Example(f"pattern-{i}", " ".join(map(str, prompt)), target, {"prompt_ids": prompt}))
         return out
-
-    @classmethod
-    def eval_lengths(cls, config: PatternConfig) -> list[int] | None:  # type: ignore[override]
-        return [config.length]
-
-    def format_prompt(self, example: Example) -> str:
-        return example.question
-
-    def encode(self, example: Example, policy: MaskedDiffusionPolicy) -> list[int]:
-        if policy.vocab_size < self.config.num_tokens + 1:
-            raise ConfigError(
-                f"pattern needs a policy over {self.config.num_tokens} tokens plus the mask; "
-                f"this one has vocab_size {policy.vocab_size}"
-            )
-        return list(example.columns["prompt_ids"])
-
-    def decode(self, completion_ids: list[int], policy: MaskedDiffusionPolicy) -> str:
-        return " ".join(map(str, completion_ids))
 
     def score(self, example: Example, completion: str) -> dict[str, float]:
         tokens = [int(t) for t in completion.split()]

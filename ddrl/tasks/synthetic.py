@@ -13,31 +13,26 @@ tuned it for (``benchmarks/distribution_matching.py --family``).
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import ConfigDict, Field
 
 from ddrl.config import ConfigError
 from ddrl.rewards.synthetic import synthetic_values, term_values
-from ddrl.tasks.base import Example, Task, TaskConfig
-
-if TYPE_CHECKING:
-    from ddrl.models.base import MaskedDiffusionPolicy
+from ddrl.tasks.base import Example
+from ddrl.tasks.tokens import TokenTask, TokenTaskConfig
 
 Kind = Literal["position", "pairs", "count", "parity", "mixed"]
 TERM_KINDS = ("position", "pairs", "count", "parity")
 NORMALISATION_SAMPLES = 65536  # uniform draws that fix shift and scale when V^L is larger
 
 
-class SyntheticConfig(TaskConfig):
+class SyntheticConfig(TokenTaskConfig):
     model_config = ConfigDict(extra="forbid")
 
     name: str = "synthetic"
-    num_tokens: int = Field(4, ge=2, description="token ids 0..num_tokens-1 (the policy adds the mask)")
-    length: int = Field(4, ge=2, le=8, description="completion length L")
-    num_prompts: int = Field(2, ge=1)
-    prompt_length: int = Field(2, ge=0)
+    length: int = Field(4, ge=2, le=8, description="completion length L (a parity needs 2 positions)")
     reward: Kind = Field("mixed", description="the reward family: one term kind, or mixed (two kinds)")
     reward_scale: float = Field(1.0, gt=0, description="standard deviation of the reward under uniform completions")
 
@@ -76,7 +71,7 @@ def random_spec(kind: str, num_tokens: int, length: int, rng: random.Random, std
     return {"terms": terms, "shift": float(raw.mean()), "scale": (spread if spread > 1e-12 else 1.0) / std}  # type: ignore[union-attr]
 
 
-class SyntheticTask(Task):
+class SyntheticTask(TokenTask):
     """The same prompts serve as train and test split: the target is a distribution, not a skill."""
 
     Config = SyntheticConfig
@@ -92,24 +87,6 @@ class SyntheticTask(Task):
             spec = random_spec(cfg.reward, cfg.num_tokens, cfg.length, rng, cfg.reward_scale)
             out.append(Example(f"synthetic-{i}", " ".join(map(str, prompt)), None, {"prompt_ids": prompt, "reward": spec}))
         return out
-
-    @classmethod
-    def eval_lengths(cls, config: SyntheticConfig) -> list[int] | None:  # type: ignore[override]
-        return [config.length]
-
-    def format_prompt(self, example: Example) -> str:
-        return example.question
-
-    def encode(self, example: Example, policy: MaskedDiffusionPolicy) -> list[int]:
-        if policy.vocab_size < self.config.num_tokens + 1:
-            raise ConfigError(
-                f"synthetic needs a policy over {self.config.num_tokens} tokens plus the mask; "
-                f"this one has vocab_size {policy.vocab_size} (model tiny with charset: null)"
-            )
-        return list(example.columns["prompt_ids"])
-
-    def decode(self, completion_ids: list[int], policy: MaskedDiffusionPolicy) -> str:
-        return " ".join(map(str, completion_ids))
 
     def score(self, example: Example, completion: str) -> dict[str, float]:
         """No right answer (accuracy NaN); the reward of the completion."""
