@@ -487,3 +487,19 @@ def test_a_deep_copy_is_an_independent_policy(policies):
     with torch.no_grad():
         torch.testing.assert_close(twin(ids), policy(ids), atol=0, rtol=0)
     assert twin.lm_head.weight.data_ptr() != policy.lm_head.weight.data_ptr()
+
+
+def test_a_random_policy_at_any_width_needs_no_checkpoint():
+    from ddrl.models.llada import LLaDAPolicy
+
+    published = {"model_type": "llada", "d_model": 32, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2,
+                 "mlp_hidden_size": 48, "vocab_size": 300, "mask_token_id": 299, "rope_theta": 500000.0}
+    a, b = LLaDAPolicy.random(published, seed=3), LLaDAPolicy.random(published, seed=3)
+    assert a.tokenizer is None and a.mask_token_id == 299 and a.vocab_size == 300
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    ids = torch.randint(0, 299, (2, 7), generator=torch.Generator().manual_seed(0))
+    logits = a.logits(ids)
+    assert logits.shape == (2, 7, 300) and bool(torch.isfinite(logits[..., :299]).all())
+    half = LLaDAPolicy.random(published, dtype=torch.bfloat16, seed=3)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    assert a.model.layers[0].self_attn.is_causal is False  # bidirectional

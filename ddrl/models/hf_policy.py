@@ -394,6 +394,35 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
         return policy
 
     @classmethod
+    def random(cls, published: dict[str, Any], dtype: torch.dtype = torch.float32, seed: int = 0,
+               std: float = 0.02) -> HFDiffusionPolicy:
+        """A policy of the published architecture with random weights (N(0, std), norms 1) and no
+        tokenizer: for benchmarks and dry runs at real width without a checkpoint or a download."""
+        hf_cfg = cls.hf_config(published)
+        hf_cfg._attn_implementation = "sdpa"
+        hf_cfg.is_causal = False
+        hf_cfg.use_cache = False
+        with torch.device("meta"):
+            model = cls.base_model_class()(hf_cfg)
+            lm_head = nn.Linear(hf_cfg.hidden_size, hf_cfg.vocab_size, bias=False)
+        policy = cls(model, lm_head, published, None, int(published["mask_token_id"]))
+        policy.to(dtype).to_empty(device="cpu")  # storage in the final dtype: no float32 copy of 8B weights
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                else:
+                    p.normal_(0.0, std, generator=generator)
+        if cls.tied(published):
+            policy.lm_head.weight = policy.model.embed_tokens.weight
+        model.rotary_emb = type(model.rotary_emb)(config=hf_cfg)
+        for module in model.modules():
+            if hasattr(module, "is_causal"):
+                module.is_causal = False
+        return policy
+
+    @classmethod
     def from_config(cls, config: HFPolicyConfig) -> HFDiffusionPolicy:  # type: ignore[override]
         policy = cls.from_pretrained(
             config.path, dtype=DTYPES[config.dtype], attn_implementation=config.attn_implementation,
