@@ -94,6 +94,10 @@ class TrainConfig(StrictConfig):
         description="supervised objectives (sft): share of the task's solutions replaced by wrong well-formed ones",
     )
     num_processes: int | None = Field(None, ge=1, description="fail unless exactly this many processes run")
+    sharding: Literal["none", "fsdp2"] = Field(
+        "none", description="none: every process holds the whole model (DDP over processes); fsdp2: parameters, "
+        "gradients and optimizer state sharded over the processes (docs/training-llms.md)",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -49,14 +49,17 @@ def encode_prompts(
 def generate(
     policy: MaskedDiffusionPolicy,
     sampler: Sampler,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Sequence[list[int]],
     *,
     batch_size: int = 16,
     generator: torch.Generator | None = None,
     max_prompt_length: int | None = None,
     on_batch: Callable[[int], None] | None = None,
+    decode: Callable[[list[int]], str] | None = None,
 ) -> Generation:
-    """Generate one completion per prompt, ``batch_size`` prompts at a time."""
+    """Generate one completion per prompt (text, or token ids), ``batch_size`` prompts at a time;
+    completions are decoded by ``decode`` (default: the policy's ``decode_completion``)."""
+    decode = decode or policy.decode_completion
     completions: list[str] = []
     completion_ids: list[list[int]] = []
     nfe = tokens = 0
@@ -70,11 +73,12 @@ def generate(
             out: SampleOutput = sampler.sample(policy, ids.to(policy.device), mask.to(policy.device), generator=generator)
             for row in out.completion_ids.tolist():
                 completion_ids.append(row)
-                completions.append(policy.decode_completion(row))
+                completions.append(decode(row))
             nfe += out.nfe
             tokens += out.completion_ids.numel()
             if on_batch is not None:
                 on_batch(len(chunk))
     finally:
         policy.train(was_training)
-    return Generation(list(prompts), completions, completion_ids, nfe, time.perf_counter() - start, tokens)
+    shown = [p if isinstance(p, str) else " ".join(map(str, p)) for p in prompts]
+    return Generation(shown, completions, completion_ids, nfe, time.perf_counter() - start, tokens)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import typer
@@ -44,14 +45,18 @@ def sample(
         )
         policy = registry.build("models", cfg.model).to(pick_device(device))
         smp = registry.build("samplers", cfg.sampler)
-        texts = list(prompt or [])
-        if task is not None:
+        texts: list = list(prompt or [])
+        decode = None
+        if task is not None:  # the task encodes its prompts (token-level tasks have no text) and decodes
             task_obj = registry.build("tasks", cfg.task)
-            texts += [task_obj.format_prompt(ex) for ex in task_obj.split(split)[:num_prompts]]
+            examples = task_obj.split(split)[:num_prompts]
+            texts += [task_obj.format_prompt(ex) if policy.tokenizer is not None else task_obj.encode(ex, policy)
+                      for ex in examples]
+            decode = functools.partial(_decode, task_obj, policy)
     except (ConfigError, RegistryError, FileNotFoundError, ValueError) as err:
         console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(2) from None
-    out = generate(policy, smp, texts, batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
+    out = generate(policy, smp, texts, batch_size=batch_size, generator=torch.Generator().manual_seed(seed), decode=decode)
     for text, completion in zip(out.prompts, out.completions):
         console.print(f"[dim]{escape(text)}[/dim]", highlight=False)
         console.print(f"[bold]{escape(completion)}[/bold]", highlight=False)
@@ -60,3 +65,7 @@ def sample(
         f"{len(texts)} completions x {smp.completion_length} tokens | NFE {out.nfe} | "
         f"{out.tokens_per_second:.0f} tokens/s | {out.seconds:.2f} s"
     )
+
+
+def _decode(task: Any, policy: Any, ids: list[int]) -> str:
+    return str(task.decode(ids, policy))

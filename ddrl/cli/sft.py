@@ -63,6 +63,8 @@ def sft(
     except (ConfigError, RegistryError, LaunchError, FileNotFoundError, ValueError) as err:
         console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(2) from None
+    if not result.is_main_process:
+        return
     console.print(
         f"done: {result.steps} steps in {result.seconds / 60:.1f} min | outputs in {result.run_dir} | "
         f"start RL from it: ddrl train --model {cfg.model.name} --model-path {result.final_dir}"

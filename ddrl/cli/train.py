@@ -56,6 +56,8 @@ def train(
     except (ConfigError, RegistryError, LaunchError, FileNotFoundError, ValueError) as err:
         console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(2) from None
+    if not result.is_main_process:
+        return
     steps = [m for m in result.metrics if "reward" in m]
     last = steps[-1] if steps else {}
     console.print(

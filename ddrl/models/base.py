@@ -123,6 +123,12 @@ class MaskedDiffusionPolicy(nn.Module, ABC):
         """Recompute activations in the backward pass instead of keeping them (``train.gradient_checkpointing``)."""
         raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")
 
+    def shard_units(self) -> list[nn.Module]:
+        """The submodules sharded one by one under ``train.sharding: fsdp2`` (the decoder blocks:
+        one block's parameters are gathered at a time); the rest is sharded as one unit. Default:
+        none, the whole policy is one unit (correct, but gathers everything at once)."""
+        return []
+
     def frozen_reference(self) -> MaskedDiffusionPolicy:
         """The reference pi_ref of a run that starts from this policy: its current weights, frozen
         (eval mode, no gradients). A copy by default; a policy that can serve them without one

@@ -287,6 +287,9 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
             disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
             disable()
 
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.model.layers)
+
     def enable_lora(self, settings: LoraSettings) -> None:
         """Inject LoRA adapters (only they train from now on)."""
         targets = settings.target_modules or list(self.default_lora_targets)

@@ -340,6 +340,9 @@ class TinyPolicy(MaskedDiffusionPolicy):
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         self.net.gradient_checkpointing = enabled
 
+    def shard_units(self) -> list[nn.Module]:
+        return list(self.net.layers)
+
     # ------------------------------------------------------------------------------------------
     @classmethod
     def from_config(cls, config: TinyConfig) -> TinyPolicy:  # type: ignore[override]

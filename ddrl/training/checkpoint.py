@@ -3,7 +3,10 @@
 Layout of ``RUN_DIR/checkpoints/step-000040/``::
 
     policy/              the policy's save_pretrained directory (safetensors; loadable on its own)
-    optimizer.pt         optimizer state (tensors and numbers only; loaded with weights_only=True)
+    sharded/             instead of policy/ in a sharded run (train.sharding: fsdp2): every process's
+                         shards of the trainable weights and optimizer state (torch.distributed.checkpoint)
+    optimizer.pt         optimizer state (tensors and numbers only; loaded with weights_only=True; not
+                         in a sharded checkpoint, whose sharded/ holds it)
     trainer_state.json   step, scheduler state, counters
     rng.safetensors      torch's global RNG state (ddrl's own draws are keyed by step, not by it)
 
@@ -18,12 +21,13 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ddrl.models.base import MaskedDiffusionPolicy
+from ddrl.training import sharding
 
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^step-(\d+)$")
@@ -61,6 +65,40 @@ def save_checkpoint(
     return final
 
 
+def save_sharded_checkpoint(
+    run_dir: Path,
+    step: int,
+    policy: MaskedDiffusionPolicy,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    is_main: bool,
+    barrier: Callable[[], None],
+    keep: int | None = None,
+) -> Path:
+    """``save_checkpoint`` for a sharded policy: every process calls it and writes its shards."""
+    final = checkpoint_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if is_main:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    barrier()
+    sharding.save_sharded(tmp, policy, optimizer)
+    barrier()
+    if is_main:
+        save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+        payload = {"step": step, "python_random": _jsonable(random.getstate()), "sharded": True, **state}
+        (tmp / "trainer_state.json").write_text(json.dumps(payload, indent=1) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        if keep is not None:
+            for old in list_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old)
+    barrier()
+    return final
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     root = Path(run_dir) / CHECKPOINTS
@@ -77,15 +115,25 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, policy: MaskedDiffusionPolicy, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore weights, optimizer and RNG from ``path``; return the trainer state."""
-    weights = Path(path) / "policy"
-    state_dict = _policy_state(weights, policy)
-    missing, unexpected = policy.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit the policy: missing {missing}, unexpected {unexpected}")
-    optimizer.load_state_dict(torch.load(Path(path) / "optimizer.pt", weights_only=True, map_location="cpu"))
+    if sharding.is_sharded_checkpoint(path) != sharding.is_sharded(policy):
+        written = "a sharded" if sharding.is_sharded_checkpoint(path) else "an unsharded"
+        raise ValueError(
+            f"checkpoint {path} was written by {written} run: resume it with the same train.sharding "
+            "(a sharded checkpoint resumes on any number of processes)"
+        )
+    if sharding.is_sharded(policy):
+        sharding.load_sharded(Path(path), policy, optimizer)
+    else:
+        weights = Path(path) / "policy"
+        state_dict = _policy_state(weights, policy)
+        missing, unexpected = policy.load_state_dict(state_dict, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {path} does not fit the policy: missing {missing}, unexpected {unexpected}")
+        optimizer.load_state_dict(torch.load(Path(path) / "optimizer.pt", weights_only=True, map_location="cpu"))
     torch.set_rng_state(load_file(str(Path(path) / "rng.safetensors"))["torch_rng"])
     state = json.loads((Path(path) / "trainer_state.json").read_text())
     random.setstate(_tuplify(state.pop("python_random")))
+    state.pop("sharded", None)
     return state
 
 

@@ -51,6 +51,31 @@ def check_world_size(seen: int, expected: int | None, env: Any) -> None:
         raise LaunchError(f"expected {expected} processes (train.num_processes) but {seen} are running")
 
 
+def sharding_enabled(configured: str, num_processes: int, env: Any, console: Any = None) -> bool:
+    """Whether this run shards the policy with FSDP2: ``train.sharding: fsdp2``, or a launch through
+    an accelerate FSDP config (``fsdp_version: 2``); on one process there is nothing to shard."""
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise LaunchError(
+            "DeepSpeed is not supported: ddrl's trainer does not prepare DeepSpeed engines. Shard with "
+            "train.sharding=fsdp2 (the counterpart of ZeRO-3) or launch plain data parallel (ZeRO-0); "
+            "see docs/training-llms.md"
+        )
+    wanted = configured == "fsdp2"
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        version = env.get("FSDP_VERSION", "1")
+        if version != "2":
+            raise LaunchError(
+                f"the accelerate config asks for FSDP version {version}; ddrl shards with FSDP2: set "
+                "fsdp_version: 2 (e.g. configs/accelerate/fsdp2_8gpu.yaml) or train.sharding=fsdp2"
+            )
+        wanted = True
+    if wanted and num_processes == 1:
+        if console is not None:
+            console.print("[yellow]train.sharding=fsdp2 with one process: nothing to shard, training unsharded[/yellow]")
+        return False
+    return wanted
+
+
 class TrainedPolicy:
     """The policy being trained, seen through its distributed wrapper.
 

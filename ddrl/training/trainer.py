@@ -10,6 +10,7 @@ checkpoint, or split over more processes with the same global batch, computes th
 from __future__ import annotations
 
 import math
+import os
 import random
 from contextlib import nullcontext
 import subprocess
@@ -26,8 +27,9 @@ from ddrl.config import ConfigError, RunConfig, dump_yaml, resolve_config
 from ddrl.objectives.base import Objective, ObjectiveContext, RolloutBatch
 from ddrl.registry import Registry
 from ddrl.training.curves import plot_curves
-from ddrl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from ddrl.training.distributed import TrainedPolicy, make_accelerator
+from ddrl.training import sharding
+from ddrl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_sharded_checkpoint
+from ddrl.training.distributed import TrainedPolicy, make_accelerator, sharding_enabled
 from ddrl.training.logger import MetricsLogger, read_metrics
 from ddrl.training.optim import build_optimizer, set_learning_rate
 from ddrl.rows import RowState
@@ -52,6 +54,7 @@ class TrainResult:
     heldout_after: float | None = None  # ... and after
     heldout_metric: str = "accuracy"  # its name: greedy accuracy, or the task's own (ess for ising)
     seconds: float = 0.0
+    is_main_process: bool = True  # False on the other processes of a distributed run (they stay quiet)
 
 
 @dataclass
@@ -95,6 +98,7 @@ class Trainer:
         tc = self.cfg.train
         self.accelerator = make_accelerator(tc.bf16, tc.num_processes)
         self.device = self.accelerator.device
+        self.sharded = sharding_enabled(tc.sharding, self.accelerator.num_processes, os.environ, self.console)
         self.run_dir = Path(tc.output_dir)
         self._prepare_run_dir()
         self._build_components()
@@ -121,7 +125,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config_path.write_text(dump_yaml(self.cfg))
-            (self.run_dir / "run.json").write_text(_run_info(self.accelerator.num_processes))
+            (self.run_dir / "run.json").write_text(_run_info(self.accelerator.num_processes, self.sharded))
         self.accelerator.wait_for_everyone()
 
     def _build_components(self) -> None:
@@ -142,10 +146,20 @@ class Trainer:
             policy.set_gradient_checkpointing(True)
         # the published reference: the starting weights, frozen (with LoRA the base model, a view)
         self.ref = policy.frozen_reference().to(self.device) if self.objective.needs_reference else None
-        optimizer = build_optimizer(policy.parameters(), cfg.train)
-        self.wrapped, self.optimizer = self.accelerator.prepare(policy.to(self.device), optimizer)
+        if self.sharded:  # FSDP2 in place; accelerate only starts processes and gathers metrics
+            sharding.shard(policy.to(self.device), cfg.train.bf16)
+            if self.ref is not None and sharding.owns_parameters(self.ref):
+                sharding.shard(self.ref, cfg.train.bf16)
+            self.wrapped, self.optimizer = policy, build_optimizer(policy.parameters(), cfg.train)
+        else:
+            optimizer = build_optimizer(policy.parameters(), cfg.train)
+            self.wrapped, self.optimizer = self.accelerator.prepare(policy.to(self.device), optimizer)
         self.policy = self.accelerator.unwrap_model(self.wrapped)
         self.trained = TrainedPolicy(self.wrapped, self.policy)
+
+    def _gathered(self) -> Any:
+        """Full parameters through rollouts and evaluation in a sharded run (``sharding.gathered``)."""
+        return sharding.gathered(self.policy, self.ref) if self.sharded else nullcontext()
 
     # ------------------------------------------------------------------------------------------
     # the loop
@@ -183,6 +197,7 @@ class Trainer:
         result.heldout_before, result.heldout_after = before, after
         result.heldout_metric = self.task.heldout_metric
         result.seconds = time.perf_counter() - start
+        result.is_main_process = self.accelerator.is_main_process
         return result
 
     def _heldout(self, step: int) -> float | None:
@@ -191,6 +206,13 @@ class Trainer:
         ec = self.cfg.eval
         if not ec.during_training:
             return None
+        with self._gathered():
+            accuracy = self._heldout_main(step)
+            self.accelerator.wait_for_everyone()
+        return accuracy
+
+    def _heldout_main(self, step: int) -> float | None:
+        ec = self.cfg.eval
         accuracy = None
         if self.accelerator.is_main_process:
             from ddrl.evaluation.evaluate import evaluate
@@ -205,7 +227,6 @@ class Trainer:
                 self.logger.log(step, {"eval_accuracy": accuracy, "eval_length": length, "eval_examples": result.num_examples})
                 if self.cfg.logging.progress:
                     self.console.print(f"held-out accuracy at step {step}: {accuracy:.3f} ({result.num_examples} examples, L={length})")
-        self.accelerator.wait_for_everyone()
         return accuracy
 
     def _log_measured(self, step: int, measured: dict[str, float]) -> float:
@@ -230,6 +251,12 @@ class Trainer:
         return int(state["step"])
 
     def _save(self, step: int) -> None:
+        if self.sharded:
+            save_sharded_checkpoint(
+                self.run_dir, step, self.policy, self.optimizer, {}, self.accelerator.is_main_process,
+                self.accelerator.wait_for_everyone, keep=self.cfg.train.save_total_limit,
+            )
+            return
         if self.accelerator.is_main_process:
             save_checkpoint(self.run_dir, step, self.policy, self.optimizer, {}, keep=self.cfg.train.save_total_limit)
         self.accelerator.wait_for_everyone()
@@ -238,7 +265,12 @@ class Trainer:
         final = self.run_dir / FINAL_DIR
         if step % self.cfg.train.num_iterations == 0:
             self._save(step)
-        if self.accelerator.is_main_process:
+        if self.sharded:  # gather the weights; the main process writes them through an unsharded twin
+            twin = self.registry.build("models", self.cfg.model) if self.accelerator.is_main_process else None
+            sharding.export(self.policy, twin, final)
+            if self.accelerator.is_main_process:
+                plot_curves(self.run_dir)
+        elif self.accelerator.is_main_process:
             self.policy.save_pretrained(final)
             plot_curves(self.run_dir)
         self.accelerator.wait_for_everyone()
@@ -270,6 +302,10 @@ class Trainer:
     @torch.no_grad()
     def _rollout(self, index: int) -> _Rollout:
         """Generate, reward and prepare this process's chunks of rollout batch ``index``."""
+        with self._gathered():
+            return self._rollout_gathered(index)
+
+    def _rollout_gathered(self, index: int) -> _Rollout:
         plan = self.plan
         prompt_idx = self.schedule.indices(index, plan.num_prompts)
         scorers = self.objective.rollout_scorers(self._context(None))
@@ -332,14 +368,18 @@ class Trainer:
             rows = slice(i * tc.per_device_train_batch_size, (i + 1) * tc.per_device_train_batch_size)
             ctx = self._context(self._key("loss", rollout.index, iteration, c), trained=True)
             sync = i == len(chunks) - 1
-            with (nullcontext() if sync else self.accelerator.no_sync(self.wrapped)):
+            unsynced = sharding.gradient_sync(self.wrapped, sync) if self.sharded else self.accelerator.no_sync(self.wrapped)
+            with (nullcontext() if sync else unsynced):
                 out = self.objective.loss(chunk, rollout.state.index(rows), ctx, iteration)
                 if not out.backward_done:
                     self.accelerator.backward(out.loss / tc.gradient_accumulation_steps)
             losses.append(out.loss.detach())
             loss_metrics.append(out.metrics)
         max_norm = tc.max_grad_norm if tc.max_grad_norm is not None else math.inf
-        grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), max_norm)
+        if self.sharded:
+            grad_norm = sharding.clip_grad_norm(self.policy.parameters(), max_norm)
+        else:
+            grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), max_norm)
         loss = torch.stack(losses).mean()
         bad = (~torch.isfinite(loss) | ~torch.isfinite(torch.as_tensor(grad_norm))).float().to(self.device)
         ok = self.accelerator.reduce(bad, "max").item() == 0
@@ -394,7 +434,7 @@ def _check_compatible(objective: Objective, estimator: Any, sampler: Any, cfg: R
         )
 
 
-def _run_info(num_processes: int) -> str:
+def _run_info(num_processes: int, sharded: bool = False) -> str:
     import json
     import platform
 
@@ -412,6 +452,7 @@ def _run_info(num_processes: int) -> str:
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "num_processes": num_processes,
+        "sharding": "fsdp2" if sharded else "none",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return json.dumps(info, indent=1) + "\n"
