@@ -183,3 +183,38 @@ def test_a_sharded_checkpoint_does_not_resume_unsharded(tmp_path):
     (tmp_path / "ckpt" / "sharded").mkdir(parents=True)
     with pytest.raises(ValueError, match="same train.sharding"):
         load_checkpoint(tmp_path / "ckpt", trainer.policy, trainer.optimizer)
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+
+
+@pytest.mark.parametrize("name,kind,processes", [("ddp_8gpu", "MULTI_GPU", 8), ("fsdp2_8gpu", "FSDP", 8),
+                                                  ("ddp_multinode", "MULTI_GPU", 16), ("fsdp2_multinode", "FSDP", 16)])
+def test_the_shipped_accelerate_configs_load(name, kind, processes):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(CONFIGS / f"{name}.yaml"))
+    assert config.distributed_type.name == kind and config.num_processes == processes
+    if kind == "FSDP":
+        assert config.fsdp_config["fsdp_version"] == 2  # what ddrl requires (FSDP1 is refused)
+    launch = next(line for line in (CONFIGS / f"{name}.yaml").read_text().splitlines() if "accelerate launch" in line)
+    assert f"--config_file configs/accelerate/{name}.yaml" in launch and "ddrl.cli.app train" in launch
+
+
+@pytest.mark.slow
+def test_an_accelerate_fsdp2_launch_shards_and_matches_one_process(tmp_path):
+    # the shipped 8-GPU config, on 2 CPU processes: accelerate's FSDP2 launch turns ddrl's sharding on
+    one = recipe(tmp_path, PATTERN, task={"num_prompts": 1},
+                 train={**COMMON, "max_steps": 4, "gradient_accumulation_steps": 2, "output_dir": str(tmp_path / "one")})
+    single = _run_one(one)
+    path = tmp_path / "acc.yaml"
+    acc = json.loads(json.dumps(one))
+    acc["train"].update(gradient_accumulation_steps=1, output_dir=str(tmp_path / "acc"))
+    path.write_text(yaml.safe_dump(acc))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "fsdp2_8gpu.yaml"),
+           "--num_processes", "2", "--main_process_port", "29645", "--mixed_precision", "no",
+           "-m", "ddrl.cli.app", "train", "--config", str(path)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "acc" / "run.json").read_text())["sharding"] == "fsdp2"
+    _close(single, read_metrics(tmp_path / "acc"), ("reward", "loss", "grad_norm"))
