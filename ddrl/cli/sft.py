@@ -24,7 +24,7 @@ from ddrl.cli.train import builtin_recipe
 from ddrl.config import ConfigError, load_recipe
 from ddrl.registry import Registry, RegistryError
 from ddrl.training.distributed import LaunchError
-from ddrl.training.trainer import CONFIG_FILE, Trainer
+from ddrl.training.trainer import CONFIG_FILE, OutOfMemory, Trainer
 
 DEFAULT_RECIPE = "tiny/sft_countdown.yaml"
 
@@ -60,7 +60,7 @@ def sft(
         names = {"objective": "sft", "model": model, "task": task}
         cfg = assemble_config(registry, base, names, overrides or [], sections=None, extra=extra)
         result = Trainer(cfg, registry, resume=resume is not None, console=console).train()
-    except (ConfigError, RegistryError, LaunchError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, RegistryError, LaunchError, OutOfMemory, FileNotFoundError, ValueError) as err:
         console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(2) from None
     if not result.is_main_process:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -12,10 +13,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from ddrl.cli.common import assemble_config
-from ddrl.config import ConfigError, load_recipe
+from ddrl.config import ConfigError, load_recipe, resolve_config
 from ddrl.registry import Registry, RegistryError
 from ddrl.training.distributed import LaunchError
-from ddrl.training.trainer import CONFIG_FILE, Trainer
+from ddrl.training.memory_plan import plan_run, render
+from ddrl.training.trainer import CONFIG_FILE, OutOfMemory, Trainer
 
 DEFAULT_RECIPE = "tiny/countdown_dmpo.yaml"
 
@@ -39,6 +41,9 @@ def train(
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="section.field=value (repeatable)."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Run directory (train.output_dir)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the resolved recipe's memory plan per process and exit (no weights loaded)."
+    ),
 ) -> None:
     """Train a policy; with no options, DMPO on the built-in tiny Countdown model."""
     console = Console()
@@ -52,8 +57,13 @@ def train(
             extra = {"train.output_dir": output_dir, "model.path": model_path}
         names = {"objective": objective, "model": model, "task": task, "sampler": sampler, "estimator": estimator}
         cfg = assemble_config(registry, base, names, overrides or [], sections=None, extra=extra)
+        if dry_run:
+            lines, heading = plan_run(resolve_config(cfg, registry), registry, os.environ)
+            console.print(heading)
+            typer.echo(render(lines))
+            return
         result = Trainer(cfg, registry, resume=resume is not None, console=console).train()
-    except (ConfigError, RegistryError, LaunchError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, RegistryError, LaunchError, OutOfMemory, FileNotFoundError, ValueError) as err:
         console.print(f"[red]{escape(str(err))}[/red]")
         raise typer.Exit(2) from None
     if not result.is_main_process:

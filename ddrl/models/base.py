@@ -123,6 +123,13 @@ class MaskedDiffusionPolicy(nn.Module, ABC):
         """Recompute activations in the backward pass instead of keeping them (``train.gradient_checkpointing``)."""
         raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")
 
+    @classmethod
+    def skeleton(cls, config: BaseModel) -> MaskedDiffusionPolicy:
+        """The policy ``from_config(config)`` builds, for counting only (``ddrl train --dry-run``):
+        the same parameters' shapes, dtypes and ``requires_grad``, their values need not be read
+        (a large model returns them on the meta device). Default: ``from_config`` itself."""
+        return cls.from_config(config)
+
     def shard_units(self) -> list[nn.Module]:
         """The submodules sharded one by one under ``train.sharding: fsdp2`` (the decoder blocks:
         one block's parameters are gathered at a time); the rest is sharded as one unit. Default:

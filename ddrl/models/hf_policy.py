@@ -397,6 +397,23 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
         return policy
 
     @classmethod
+    def skeleton(cls, config: HFPolicyConfig) -> HFDiffusionPolicy:  # type: ignore[override]
+        """The policy ``config`` describes on the meta device: config.json read, no weights (LoRA
+        injected as configured)."""
+        path = resolve_checkpoint_dir(config.path, cls.example_repo)
+        published = read_config(path)
+        mask_id = config.mask_token_id if config.mask_token_id is not None else int(published.get("mask_token_id", 0))
+        with torch.device("meta"):
+            model = cls.base_model_class()(cls.hf_config(published))
+            lm_head = nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=False)
+            policy = cls(model, lm_head, published, None, mask_id, path).to(DTYPES[config.dtype])
+            if cls.tied(published):
+                policy.lm_head.weight = policy.model.embed_tokens.weight
+            if config.lora is not None:
+                policy.enable_lora(config.lora)
+        return policy
+
+    @classmethod
     def random(cls, published: dict[str, Any], dtype: torch.dtype = torch.float32, seed: int = 0,
                std: float = 0.02) -> HFDiffusionPolicy:
         """A policy of the published architecture with random weights (N(0, std), norms 1) and no

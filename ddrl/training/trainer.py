@@ -44,6 +44,37 @@ class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the message names the settings that lower it."""
+
+
+def out_of_memory_advice(phase: str, cfg: RunConfig, sharded: bool) -> str:
+    """What to change when ``phase`` ("rollouts" or "update") ran out of memory, given ``cfg``."""
+    tc = cfg.train
+    batch = (f"lower train.per_device_train_batch_size (now {tc.per_device_train_batch_size}) and raise "
+             "train.gradient_accumulation_steps to keep the global batch")
+    if phase == "rollouts":
+        tips = [batch, f"a shorter sampler.max_completion_length (now {cfg.sampler.max_completion_length})"]
+        if cfg.sampler.name != "fast":
+            tips.append("sampler: fast with cache: prefix (keys/values instead of full passes)")
+        if sharded:
+            tips.append("generation holds the full weights on every device (train.sharding=fsdp2 gathers them)")
+    else:
+        tips = []
+        if not tc.gradient_checkpointing:
+            tips.append("train.gradient_checkpointing=true")
+        if tc.loss_micro_batch_size is None:
+            tips.append("train.loss_micro_batch_size (e.g. 4: the loss's backward per 4 masked views)")
+        if getattr(cfg.model, "lora", "n/a") is None:
+            tips.append("model.lora={} (only the adapters train; the reference costs nothing)")
+        if not sharded:
+            tips.append("train.sharding=fsdp2 over several devices (weights, gradients and optimizer state sharded)")
+        tips.append(batch)
+    lines = "\n".join(f"  - {tip}" for tip in tips)
+    return (f"out of memory during the {phase}. Settings that lower it:\n{lines}\n"
+            "`ddrl train --dry-run` with the same options prints the memory plan per process.")
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -175,9 +206,14 @@ class Trainer:
             task_id = progress.add_task("train", total=tc.max_steps, completed=step, reward=math.nan, acc=math.nan, loss=math.nan)
             while step < tc.max_steps:
                 iteration = step % tc.num_iterations
-                if rollout is None or iteration == 0:
-                    rollout = self._rollout(step // tc.num_iterations)
-                metrics, ok = self._optimizer_step(rollout, iteration, step)
+                phase = "rollouts"
+                try:
+                    if rollout is None or iteration == 0:
+                        rollout = self._rollout(step // tc.num_iterations)
+                    phase = "update"
+                    metrics, ok = self._optimizer_step(rollout, iteration, step)
+                except torch.OutOfMemoryError as err:
+                    raise OutOfMemory(out_of_memory_advice(phase, self.cfg, self.sharded)) from err
                 bad_steps = 0 if ok else bad_steps + 1
                 if bad_steps >= tc.max_bad_steps:
                     raise TrainingDiverged(f"{bad_steps} consecutive steps had a non-finite loss or gradient; stopping")
