@@ -26,9 +26,14 @@ from torch import nn
 from ddrl.models.head import CHUNK_ELEMENTS
 
 GIB = 2**30
-# saved activations per token and layer, in multiples of (d_model, mlp_hidden) elements: the block's
-# input, norms, q/k/v, attention output, o_proj input; gate, up, act(gate), their product
-ACTIVATION_WIDTHS = (8, 4)
+# saved activations per token and layer, in multiples of (d_model, mlp_hidden) elements (block input,
+# norms, q/k/v before and after rotary, attention output; gate, up, act(gate), their product, and
+# the backward's transient buffers), plus the float32 copies a bfloat16 model's RMSNorms make, in
+# d_model elements. Measured by benchmarks/memory.py at LLaDA-8B's width (CPU, LoRA), per layer and
+# token: float32 290 KB (16 views in one graph) to 670 KB (4-view micro-batches), bfloat16 430 KB
+# (4-view micro-batches); the plan takes the upper end (float32 655 KB, bfloat16 426 KB).
+ACTIVATION_WIDTHS = (16, 8)
+NORM_UPCAST_WIDTH = 6
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ def plan(shape: Shape, cfg: Any, processes: int, sharded: bool, reference_copy: 
     views = tc.loss_micro_batch_size or tc.per_device_train_batch_size * replicates
     tokens = views * ((tc.max_prompt_length or 256) + int(cfg.sampler.max_completion_length))
     per_token_layer = act_bytes * (ACTIVATION_WIDTHS[0] * shape.d_model + ACTIVATION_WIDTHS[1] * shape.mlp_hidden)
+    if act_bytes < 4:
+        per_token_layer += 4 * NORM_UPCAST_WIDTH * shape.d_model
     if tc.gradient_checkpointing:
         activations = tokens * (shape.layers * act_bytes * shape.d_model + per_token_layer)
         how = "gradient checkpointing: one hidden state per layer + one layer"
