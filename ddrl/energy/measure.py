@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from ddrl.samplers.base import Sampler
 
 MAX_ORDER_AVERAGED_SITES = 9  # 2^n canvases per state and q^n states: 2x2 and 3x3 Ising
+# the metrics of sample_metrics that need the exact p* (enumerating q^n states)
+EXACT_METRICS = ("log_z", "log_z_error", "kl_path", "kl_hist", "tv_hist")
 
 
 @dataclass

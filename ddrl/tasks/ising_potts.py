@@ -12,19 +12,23 @@ the `ancestral` sampler at temperature 1 over the whole lattice (one random orde
 step: exact path likelihoods), and for `dmpo` MDNS's WDCE settings (alpha 1, exact path weights,
 uniform reference). "Accuracy" means nothing here: held-out evaluation draws ``eval_samples``
 configurations and reports ESS, the log Z error and the histogram KL(p̂ || p*) (``measure_policy``).
+A lattice with more than 2^22 states (Ising beyond 4x4) has no exact p*: its evaluation skips
+the exact metrics (``EXACT_METRICS``: log_z, log_z_error, kl_path, kl_hist, tv_hist) and warns
+once, naming them.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from pydantic import ConfigDict, Field
 
 from ddrl.config import ConfigError
-from ddrl.energy.measure import sample_metrics, sample_policy
-from ddrl.energy.spin_lattice import LatticeKind, SpinLattice
+from ddrl.energy.measure import EXACT_METRICS, sample_metrics, sample_policy
+from ddrl.energy.spin_lattice import MAX_ENUMERATED_STATES, LatticeKind, SpinLattice
 from ddrl.tasks.base import Example, Task, TaskConfig
 
 if TYPE_CHECKING:
@@ -146,6 +150,8 @@ class LatticeTask(Task):
         """``eval_samples`` configurations from ``sampler`` (None: ``exact_sampler``): ESS, log Z
         error, KL(p̂ || p*) ... and ``nfe``, the forward passes spent."""
         sampler = sampler if sampler is not None else self.exact_sampler()
+        if not self.lattice.enumerable:
+            self._warn_skipped_exact_metrics()
         generator = torch.Generator(device=policy.device).manual_seed(seed)
         sample = sample_policy(policy, sampler, self.config.eval_samples, generator=generator)
         metrics = sample_metrics(self.lattice, sample, exact=self.lattice.enumerable)
@@ -153,6 +159,26 @@ class LatticeTask(Task):
             metrics["ess"] = math.nan  # the sampler records no exact path likelihood
         metrics["nfe"] = float(sample.nfe)
         return metrics
+
+
+    def skipped_exact_metrics(self) -> tuple[str, ...]:
+        """The metrics ``measure_policy`` leaves out because q^n states are too many to list."""
+        return () if self.lattice.enumerable else EXACT_METRICS
+
+    def _warn_skipped_exact_metrics(self) -> None:
+        """Say once per task which exact metrics this lattice's runs skip, and why."""
+        if getattr(self, "_warned_skipped", False):
+            return
+        self._warned_skipped = True
+        lat = self.lattice
+        warnings.warn(
+            f"{lat.kind} {lat.L}x{lat.L}: skipping the exact metrics {', '.join(EXACT_METRICS)}: they "
+            f"enumerate all q^n = {lat.q}^{lat.num_sites} states and at most {MAX_ENUMERATED_STATES} (2^22) "
+            "can be listed. Reported: ESS, log_z_estimate, energy and magnetisation (and nfe); compare "
+            "energy and magnetisation with the Swendsen-Wang reference (ddrl.energy.swendsen_wang).",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 class IsingTask(LatticeTask):

@@ -33,7 +33,9 @@ class Math500Config(TaskConfig):
     hf_dataset: str = Field("HuggingFaceH4/MATH-500", description="dataset name in the HF cache")
     hf_config: str | None = Field(None, description="its configuration")
     cache_dir: str | None = Field(None, description="HF datasets cache; null = the default one")
-    verify_timeout: int = Field(5, ge=1, description="seconds math-verify may spend per comparison")
+    verify_timeout: int = Field(
+        5, ge=1, description="seconds one answer comparison may take (parsing and math-verify), reward and score alike"
+    )
 
 
 class Math500Task(Task):
@@ -54,6 +56,10 @@ class Math500Task(Task):
 
     def format_prompt(self, example: Example) -> str:
         return d1_prompt(f"{INSTRUCTIONS}\n{example.question}")
+
+    def reward_columns(self, example: Example) -> dict[str, Any]:
+        """``answer`` and ``verify_timeout``, so that ``math500_correctness`` is bounded like ``score``."""
+        return {**super().reward_columns(example), "verify_timeout": self.config.verify_timeout}
 
     def score(self, example: Example, completion: str) -> dict[str, float]:
         """``accuracy``: the last ``\\boxed{…}`` (else, as in d1's evaluation, the answer tags'

@@ -7,15 +7,21 @@ the last pair (docs/tasks.md), so a truncated ``<answer>\\n42`` counts as no ans
 
 Also here, because tasks score and rewards reward with the same rules and rewards must not
 import tasks: the last ``\\boxed{…}`` (nested braces), numeric normalisation for GSM8K, d1's
-Sudoku cell metric, and MATH answer equivalence through math-verify.
+Sudoku cell metric and MATH answer equivalence through math-verify. Digits are ASCII ``0``-``9``
+everywhere: a Unicode decimal digit (``٣``, ``３``) is no digit to any checker, so a training
+reward and the evaluation score of one completion agree on it (``has_unicode_digit``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
+import signal
 import threading
+import time
 from fractions import Fraction
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -90,10 +96,24 @@ def _braced(text: str, open_index: int) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------
+# digits
+
+
+def has_unicode_digit(text: str) -> bool:
+    """Whether ``text`` holds a decimal digit other than ASCII ``0``-``9`` (Arabic-Indic ``٣``,
+    fullwidth ``３``, …: what ``int()`` or a ``\\d`` regex would read as a digit).
+
+    Every checker reads only ASCII digits (docs/tasks.md): such a character is no digit in a
+    reward nor in an evaluation score, so the two agree on it.
+    """
+    return not text.isascii() and any(not c.isascii() and c.isdecimal() for c in text)
+
+
+# ------------------------------------------------------------------------------------------------
 # numbers (GSM8K)
 
 _UNICODE_OPERATORS = {"\u2212": "-", "\u2013": "-", "\u00d7": "*", "\u00f7": "/", "\u00b7": "*"}
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:/[0-9]+)?|-?\.[0-9]+")  # ASCII digits only
 
 
 def ascii_operators(text: str) -> str:
@@ -116,10 +136,10 @@ def parse_number(text: str | None) -> Fraction | None:
     if boxed is not None:
         text = boxed
     text = ascii_operators(text)
-    text = re.sub(r"\\[dt]?frac\{(-?\d+)\}\{(\d+)\}", r"\1/\2", text)
+    text = re.sub(r"\\[dt]?frac\{(-?[0-9]+)\}\{([0-9]+)\}", r"\1/\2", text)
     text = re.sub(r"\\[,!;: ]|\\\$|\$|\\%|%", "", text)
-    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
-    text = re.sub(r"^-\s+(?=\d)", "-", text.strip())
+    text = re.sub(r"(?<=[0-9]),(?=[0-9]{3}(?![0-9]))", "", text)
+    text = re.sub(r"^-\s+(?=[0-9])", "-", text.strip())
     cleaned = text.rstrip(".").strip()
     if _NUMBER.fullmatch(cleaned):
         return _to_fraction(cleaned)
@@ -184,7 +204,7 @@ def normalize_latex(text: str) -> str:
     s = re.sub(r"\^\{?\\circ\}?", "", s)
     s = re.sub(r"\\(?:text|textbf|mathrm|mbox)\{([^{}]*)\}", r"\1", s)
     s = s.replace("\\%", "").replace("%", "")
-    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac([0-9])([0-9])", r"\\frac{\1}{\2}", s)
     s = re.sub(r"^[A-Za-z]\s*=", "", s)
     s = re.sub(r"\s+", "", s).rstrip(".")
     return s
@@ -192,19 +212,33 @@ def normalize_latex(text: str) -> str:
 
 def _same_rational(a: str, b: str) -> bool:
     x, y = parse_number(a), parse_number(b)
-    exact = re.compile(r"-?\d+(?:\.\d+)?|-?\d+/\d+|-?\\frac\{\d+\}\{\d+\}")
+    exact = re.compile(r"-?[0-9]+(?:\.[0-9]+)?|-?[0-9]+/[0-9]+|-?\\frac\{[0-9]+\}\{[0-9]+\}")
     return x is not None and x == y and bool(exact.fullmatch(a)) and bool(exact.fullmatch(b))
 
 
-def math_equivalent(prediction: str | None, gold: str, timeout_seconds: int = 5) -> bool:
+# Bounds of the symbolic check (docs/tasks.md, "Bounded checkers"). Past them an answer is judged
+# by the normalised-string comparison alone.
+MAX_MATH_ANSWER_CHARS = 1_000  # longest answer math-verify parses (MATH500 gold answers: < 200)
+MAX_EXPONENT_DIGITS = 6  # longest integer literal in an exponent (9^{999999} has 3.2M bits)
+MAX_NUMBER_BITS = 1 << 17  # largest exact number a parsed expression may denote (~40,000 digits)
+DEFAULT_VERIFY_TIMEOUT = 5  # seconds; Math500Config.verify_timeout's default
+
+
+def math_equivalent(prediction: str | None, gold: str, timeout_seconds: float = DEFAULT_VERIFY_TIMEOUT) -> bool:
     """Whether a predicted MATH answer equals the gold one (both without ``\\boxed``).
 
     First a cheap exact check (normalised strings, or two plain rational numbers). Then
-    math-verify's symbolic check — but only on the main thread: math-verify bounds its time
-    with ``SIGALRM``, which Python allows only there, and an unbounded sympy call can hang.
-    Off the main thread ddrl keeps the string result (documented choice: deterministic and
-    never blocking; a process pool would add seconds of start-up to every worker) and logs
-    a warning once.
+    math-verify's symbolic check, bounded in two ways (docs/tasks.md): answers that would make
+    sympy build huge numbers in C code, which no signal interrupts, are refused before any
+    evaluation (``symbolic_hazard``: over ``MAX_MATH_ANSWER_CHARS`` characters, power towers
+    such as ``9^{9^{9}}``, exponents over ``MAX_EXPONENT_DIGITS`` digits, parsed expressions
+    denoting more than ``MAX_NUMBER_BITS`` bits); everything else runs under one deadline of
+    ``timeout_seconds`` for parsing and comparing together (``SIGALRM`` through ``setitimer``,
+    math-verify's own per-step alarms off), and a comparison that reaches it is not equivalent.
+
+    ``SIGALRM`` exists only on the main thread: off it ddrl keeps the string result
+    (documented choice: deterministic and never blocking; a process pool would add seconds of
+    start-up to every worker) and logs a warning once.
     """
     if prediction is None or not prediction.strip():
         return False
@@ -214,16 +248,158 @@ def math_equivalent(prediction: str | None, gold: str, timeout_seconds: int = 5)
     if threading.current_thread() is not threading.main_thread():
         _warn_off_main_thread()
         return False
+    if has_unicode_digit(prediction) or has_unicode_digit(gold):
+        return False  # math-verify would read them as digits; no other checker does
+    if symbolic_hazard(prediction) or symbolic_hazard(gold):
+        return False
     try:
         from math_verify import parse, verify
     except ImportError:  # pragma: no cover - math-verify is a dependency
         logger.warning("math-verify is not installed; MATH answers are compared as strings")
         return False
-    gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=timeout_seconds)
-    pred_parsed = parse(f"\\boxed{{{prediction}}}", parsing_timeout=timeout_seconds)
-    if not gold_parsed or not pred_parsed:
-        return False
-    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_seconds))
+    _quiet_math_verify()
+
+    def compare() -> bool:
+        gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
+        pred_parsed = parse(f"\\boxed{{{prediction}}}", parsing_timeout=None)
+        if not gold_parsed or not pred_parsed:
+            return False
+        if any(_too_many_bits(x) for x in (*gold_parsed, *pred_parsed)):
+            return False
+        return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+    return bool(run_with_deadline(compare, timeout_seconds, default=False))
+
+
+_POWER = re.compile(r"\^\s*")
+_COMMAND = re.compile(r"\\[A-Za-z]+")
+
+
+def symbolic_hazard(answer: str) -> str | None:
+    """Why math-verify must not see ``answer`` (None: it may): too long, a power tower, or an
+    exponent literal over ``MAX_EXPONENT_DIGITS`` digits. Parsing alone evaluates some of these
+    (``\\binom{9^{9^{9}}}{2}`` computes 9^387420489 inside one C call). Linear in the length."""
+    if len(answer) > MAX_MATH_ANSWER_CHARS:
+        return f"longer than {MAX_MATH_ANSWER_CHARS} characters"
+    for m in _POWER.finditer(answer):
+        i = m.end()
+        if i >= len(answer):
+            break
+        if answer[i] == "{":
+            exponent = _braced(answer, i)
+            if exponent is None:
+                continue
+        else:
+            digits = re.match(r"[0-9]+", answer[i:])
+            exponent = digits.group(0) if digits else answer[i]
+        if "^" in exponent and not re.search("[A-Za-z]", _COMMAND.sub("", exponent)):
+            return "a power tower"
+        if any(len(x) > MAX_EXPONENT_DIGITS for x in re.findall(r"[0-9]+", exponent)):
+            return f"an exponent over {MAX_EXPONENT_DIGITS} digits"
+    return None
+
+
+_FACTORIAL_LIKE = ("factorial", "factorial2", "gamma", "subfactorial", "RisingFactorial", "FallingFactorial")
+_EXPONENTIAL_LIKE = ("binomial", "fibonacci", "lucas", "catalan", "bell", "primorial")
+
+
+def _too_many_bits(expr: Any) -> bool:
+    """Whether a parsed answer may denote an exact number over ``MAX_NUMBER_BITS`` bits."""
+    try:
+        return _bits(expr) > MAX_NUMBER_BITS
+    except RecursionError:
+        return True
+
+
+def _bits(expr: Any) -> float:
+    """An upper bound of the bits of the exact numbers ``expr`` denotes (a symbol counts 1)."""
+    import sympy
+
+    if isinstance(expr, str):
+        return 0.0
+    if isinstance(expr, sympy.Integer):
+        return float(max(1, int(expr).bit_length()))
+    if isinstance(expr, sympy.Rational):
+        return float(int(expr.p).bit_length() + int(expr.q).bit_length())
+    if isinstance(expr, sympy.Float):
+        return 64.0
+    args = getattr(expr, "args", ())
+    if not args:
+        return 1.0
+    if isinstance(expr, sympy.Pow):
+        base, exponent = _bits(args[0]), _bits(args[1])
+        return _pow2(exponent) * max(base, 1.0)  # |e| < 2^bits(e): |b^e| has < |e| bits(b) bits
+    name = type(expr).__name__
+    inner = sum(_bits(a) for a in args)
+    if name in _FACTORIAL_LIKE:
+        value = _pow2(inner)
+        return value * max(math.log2(value + 1.0), 1.0) if math.isfinite(value) else math.inf
+    if name in _EXPONENTIAL_LIKE:
+        return 2.0 * _pow2(inner)
+    return max(inner, 1.0)
+
+
+def _pow2(x: float) -> float:
+    return math.inf if x > 1000 else 2.0**x
+
+
+class _DeadlineReached(BaseException):
+    """Raised by ``run_with_deadline``'s alarm; a BaseException so that library code that
+    catches ``Exception`` (math-verify, sympy) lets it through."""
+
+
+def run_with_deadline(fn: Any, seconds: float, default: Any) -> Any:
+    """``fn()``, or ``default`` once ``seconds`` (wall clock) have passed (also when ``fn``
+    caught the interruption and returned later).
+
+    Main thread only (``SIGALRM``). The alarm repeats every 50 ms until ``fn`` has been left, in
+    case code swallows the first interruption; a previously armed alarm and handler are restored
+    (with its remaining time less the time spent here). Work in one C call (a huge integer power)
+    is interrupted only when the call returns: keep such work out (``symbolic_hazard``).
+    """
+    state = {"armed": True, "fired": False}
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        if state["armed"]:
+            state["fired"] = True
+            raise _DeadlineReached()
+
+    start = time.monotonic()
+    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
+    previous_delay, previous_interval = 0.0, 0.0
+    try:
+        try:
+            previous_delay, previous_interval = signal.setitimer(
+                signal.ITIMER_REAL, max(float(seconds), 1e-3), 0.05
+            )
+            result = fn()
+            return default if state["fired"] else result  # the deadline passed, yet fn went on
+        finally:
+            state["armed"] = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous_handler)
+            if previous_delay > 0:
+                remaining = previous_delay - (time.monotonic() - start)
+                signal.setitimer(signal.ITIMER_REAL, max(remaining, 1e-3), previous_interval)
+    except _DeadlineReached:
+        return default
+
+
+class _DropTimeoutDisabled(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timeout is disabled")
+
+
+_quieted = False
+
+
+def _quiet_math_verify() -> None:
+    """Drop math-verify's "timeout is disabled" warning: ``run_with_deadline`` bounds it instead."""
+    global _quieted
+    if not _quieted:
+        _quieted = True
+        for name in ("math_verify.parser", "math_verify.grader"):
+            logging.getLogger(name).addFilter(_DropTimeoutDisabled())
 
 
 _warned_threads = False
