@@ -21,9 +21,10 @@ from rich.markup import escape
 
 from ddrl.cli.common import assemble_config
 from ddrl.cli.train import builtin_recipe
-from ddrl.config import ConfigError, load_recipe
+from ddrl.config import ConfigError
 from ddrl.registry import Registry, RegistryError
 from ddrl.training.distributed import LaunchError
+from ddrl.training.run_dir import read_run_config
 from ddrl.training.trainer import CONFIG_FILE, OutOfMemory, Trainer
 
 DEFAULT_RECIPE = "tiny/sft_countdown.yaml"
@@ -47,7 +48,7 @@ def sft(
         if data is not None and task not in (None, "records"):
             raise ConfigError(f"--data trains on a file of records (task `records`); drop --task {task}")
         if resume is not None:
-            base: Path | dict = load_recipe(resume / CONFIG_FILE)
+            base: Path | dict = read_run_config(resume, CONFIG_FILE)
             extra: dict = {"train.output_dir": str(resume)}
         else:
             base = config if config is not None else builtin_recipe(DEFAULT_RECIPE)

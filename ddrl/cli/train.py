@@ -13,9 +13,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from ddrl.cli.common import assemble_config
-from ddrl.config import ConfigError, load_recipe, resolve_config
+from ddrl.config import ConfigError, resolve_config
 from ddrl.registry import Registry, RegistryError
 from ddrl.training.distributed import LaunchError
+from ddrl.training.run_dir import read_run_config
 from ddrl.training.memory_plan import plan_run, render
 from ddrl.training.trainer import CONFIG_FILE, OutOfMemory, Trainer
 
@@ -50,7 +51,7 @@ def train(
     registry = Registry()
     try:
         if resume is not None:
-            base: Path | dict = load_recipe(resume / CONFIG_FILE)
+            base: Path | dict = read_run_config(resume, CONFIG_FILE)
             extra = {"train.output_dir": str(resume)}
         else:
             base = config if config is not None else builtin_recipe(DEFAULT_RECIPE)

@@ -33,8 +33,10 @@ def plot_curves(run_dir: Path) -> Path | None:
         ax.set_xlabel("optimizer step")
     fig.tight_layout()
     out = Path(run_dir) / CURVES_FILE
-    fig.savefig(out, dpi=110)
+    tmp = out.with_name(".curves.tmp.png")
+    fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    tmp.replace(out)  # whole or absent
     return out
 
 

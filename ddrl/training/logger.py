@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
+from ddrl.training.run_dir import write_text_atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -41,11 +43,12 @@ class MetricsLogger:
                     self._tb.add_scalar(key, value, step)
 
     def truncate_after(self, step: int) -> None:
-        """Drop records of steps after ``step`` (a resumed run recomputes them)."""
+        """Drop records of steps after ``step`` (a resumed run recomputes them); a torn last line
+        (a process killed while writing it) goes too, with a warning naming the file."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [json.dumps(r) for r in _records(self.path) if r["step"] <= step]
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def close(self) -> None:
         if self._tb is not None:
@@ -56,7 +59,31 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return _records(path)
+
+
+class TornMetrics(ValueError):
+    """A line of metrics.jsonl other than the last is not a JSON object."""
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics file. A torn *last* line (a kill mid-write) is skipped with a
+    warning; a bad line anywhere else is an error naming the file and line."""
+    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for n, (i, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not a record with a step")
+        except ValueError as err:
+            if n == len(lines) - 1:
+                warnings.warn(f"{path}:{i}: torn last line skipped (a run killed while writing it; "
+                              "`ddrl train --resume` rewrites it from the checkpoint)", stacklevel=3)
+                break
+            raise TornMetrics(f"{path}:{i} is not a metrics record ({err}); the file is damaged") from None
+        records.append(record)
+    return records
 
 
 def _clean(value: Any) -> Any:

@@ -33,6 +33,7 @@ from ddrl.training.distributed import TrainedPolicy, make_accelerator, sharding_
 from ddrl.training.logger import MetricsLogger, read_metrics
 from ddrl.training.optim import build_optimizer, set_learning_rate
 from ddrl.rows import RowState
+from ddrl.training.run_dir import RunLock, replace_dir, staging_dir, write_text_atomic
 from ddrl.training.rollout import ChunkStats, PromptSchedule, RolloutPlan, generate_chunk, reference_chunk
 from ddrl.training.seeding import derive_seed, keyed_generator
 
@@ -146,6 +147,8 @@ class Trainer:
 
     def _prepare_run_dir(self) -> None:
         config_path = self.run_dir / CONFIG_FILE
+        # one run per directory at a time (released when the run ends or the process dies)
+        self._lock = RunLock(self.run_dir) if self.accelerator.is_main_process else None
         if self.resume and not config_path.exists():
             raise ConfigError(f"cannot resume: {config_path} does not exist")
         if not self.resume and (latest_checkpoint(self.run_dir) is not None or (self.run_dir / "metrics.jsonl").exists()):
@@ -155,8 +158,8 @@ class Trainer:
             )
         if self.accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            config_path.write_text(dump_yaml(self.cfg))
-            (self.run_dir / "run.json").write_text(_run_info(self.accelerator.num_processes, self.sharded))
+            write_text_atomic(config_path, dump_yaml(self.cfg))
+            write_text_atomic(self.run_dir / "run.json", _run_info(self.accelerator.num_processes, self.sharded))
         self.accelerator.wait_for_everyone()
 
     def _build_components(self) -> None:
@@ -196,6 +199,21 @@ class Trainer:
     # the loop
 
     def train(self) -> TrainResult:
+        try:
+            return self._train()
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Give the run directory back (``train`` does at its end; the process's death does too)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+    def _train(self) -> TrainResult:
         tc = self.cfg.train
         start = time.perf_counter()
         step = self._restore()
@@ -223,11 +241,12 @@ class Trainer:
                 metrics["elapsed"] = time.perf_counter() - start
                 self.logger.log(step, metrics)
                 progress.update(task_id, completed=step, reward=metrics["reward"], acc=metrics["accuracy"], loss=metrics["loss"])
-                if step % tc.save_steps == 0 and step % tc.num_iterations == 0 and step < tc.max_steps:
-                    self._save(step)
+                # held-out rows of a step are logged before its checkpoint: a resume from it keeps them
                 every = self.cfg.eval.eval_steps
                 if every and step % every == 0 and step < tc.max_steps:
                     self._heldout(step)
+                if step % tc.save_steps == 0 and step % tc.num_iterations == 0 and step < tc.max_steps:
+                    self._save(step)
         after = self._heldout(step)
         result = self._finish(step)
         result.heldout_before, result.heldout_after = before, after
@@ -277,8 +296,8 @@ class Trainer:
         if not self.resume:
             return 0
         path = latest_checkpoint(self.run_dir)
-        if path is None:
-            self.logger.truncate_after(0)
+        if path is None:  # started over: every row is written again (the step-0 evaluation too)
+            self.logger.truncate_after(-1)
             return 0
         state = load_checkpoint(path, self.policy, self.optimizer)
         self.logger.truncate_after(state["step"])
@@ -301,13 +320,15 @@ class Trainer:
         final = self.run_dir / FINAL_DIR
         if step % self.cfg.train.num_iterations == 0:
             self._save(step)
+        main = self.accelerator.is_main_process
+        staged = staging_dir(final) if main else None  # final/ appears whole or not at all
         if self.sharded:  # gather the weights; the main process writes them through an unsharded twin
-            twin = self.registry.build("models", self.cfg.model) if self.accelerator.is_main_process else None
-            sharding.export(self.policy, twin, final)
-            if self.accelerator.is_main_process:
-                plot_curves(self.run_dir)
-        elif self.accelerator.is_main_process:
-            self.policy.save_pretrained(final)
+            twin = self.registry.build("models", self.cfg.model) if main else None
+            sharding.export(self.policy, twin, staged)  # type: ignore[arg-type]
+        elif main:
+            self.policy.save_pretrained(staged)  # type: ignore[arg-type]
+        if main:
+            replace_dir(staged, final)  # type: ignore[arg-type]
             plot_curves(self.run_dir)
         self.accelerator.wait_for_everyone()
         self.logger.close()
