@@ -7,6 +7,7 @@ import typer
 
 from ddrl.cli import eval as eval_cli
 from ddrl.cli import leaderboard, plugins, pretrain, sample, sft, train
+from ddrl.cli import lm_eval as lm_eval_cli
 
 app = typer.Typer(
     name="ddrl",
@@ -22,6 +23,7 @@ app.command("eval")(eval_cli.eval_command)
 app.command("leaderboard")(leaderboard.leaderboard)
 app.command("pretrain")(pretrain.pretrain)
 app.command("sft")(sft.sft)
+app.command("lm-eval")(lm_eval_cli.lm_eval_command)
 
 
 def _print_version(value: bool) -> None:
