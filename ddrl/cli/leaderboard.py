@@ -19,7 +19,8 @@ def leaderboard(
     results: Optional[Path] = typer.Option(None, "--results", help="Results file (default: eval.results_file)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where leaderboard.md/.csv go (default: beside the results)."),
 ) -> None:
-    """Rows = model x objective, columns = task x length (x step convention), mean ± std over seeds."""
+    """Rows = model x objective (one per run and weights), columns = task x length (x step convention,
+    x sampler), mean ± std over seeds."""
     console = Console()
     store = ResultStore(results or RunConfig().eval.results_file)
     try:
@@ -34,7 +35,7 @@ def leaderboard(
     table = Table(title=f"accuracy (%), or the metric a column names — {store.path}")
     table.add_column("model / objective")
     for col in board.columns:
-        table.add_column(col, justify="right")
+        table.add_column(escape(col), justify="right")  # `countdown[toy]` is not markup
     for row in board.rows:
         cells = []
         for col in board.columns:
