@@ -13,6 +13,7 @@ from ddrl.models.base import MaskedDiffusionPolicy, Tokenizer
 from ddrl.errors import PluginContractError
 from ddrl.registry import Registry, RegistryError
 from ddrl.rows import RowState
+from ddrl.run import assemble_run, train
 from ddrl.samplers.base import Sampler, SampleOutput
 
 __version__ = "0.1.0"
@@ -56,6 +57,8 @@ __all__ = [
     "SequenceBatch",
     "TokenLogProbs",
     "Tokenizer",
+    "assemble_run",
     "build_config",
     "score_views",
+    "train",
 ]

@@ -11,7 +11,15 @@ options (validated against the component's ``Config`` once the registry resolves
 
 and three are fixed: ``train`` (field names follow TRL's GRPOConfig), ``eval`` and ``logging``.
 Overrides are ``section.field=value`` strings whose value is parsed as YAML (``2``, ``0.1``,
-``true``, ``[128, 256]``, ``null``).
+``true``, ``[128, 256]``, ``null``), or from Python a mapping ``{"section.field": value}`` whose values
+are taken as they are.
+
+Resolving a config against the registry also applies what the components themselves say: a run
+that sets no ``estimator`` section gets its objective's ``preferred_estimator``, and a component
+class with an ``effective_config(config) -> config`` classmethod reports the options it will
+actually use (a model loaded from ``path`` reports the checkpoint's architecture), so that a run's
+recorded ``config.yaml`` is what was loaded. Assembling a whole run from a recipe, component names
+and overrides (what ``ddrl train`` does) is ``ddrl.run.assemble_run``.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import difflib
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Literal, Protocol
+from typing import Any, Iterable, Literal, Mapping, Protocol
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
@@ -143,12 +151,26 @@ class EvalConfig(StrictConfig):
 
 
 class LoggingConfig(StrictConfig):
-    logging_steps: int = Field(1, ge=1)
-    report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(
+    """Where a run's metrics go. ``RUN_DIR/metrics.jsonl`` is always written, every step (resume and
+    the curves read it); ``report_to`` adds experiment trackers through accelerate's tracker classes
+    (a missing tracker package is an error naming it; tensorboard, in the default list, is skipped)."""
+
+    logging_steps: int = Field(
+        1, ge=1, description="trackers get the metrics of every this-many steps (metrics.jsonl keeps every "
+        "step; held-out evaluations always go)",
+    )
+    report_to: list[Literal["jsonl", "tensorboard", "wandb", "mlflow", "trackio"]] = Field(
         default_factory=lambda: ["jsonl", "tensorboard"]
     )
-    log_completions: bool = False
-    run_name: str | None = None
+    log_completions: bool = Field(
+        False, description="at each logging step, a table of the rollout's completions (prompt, completion, "
+        "reward, accuracy) to RUN_DIR/completions.jsonl and to the trackers that show tables",
+    )
+    run_name: str | None = Field(None, description="the run's name in the trackers; null = train.output_dir's name")
+    project: str | None = Field(
+        None, description="wandb/trackio project and MLflow experiment; null = $WANDB_PROJECT or "
+        "$MLFLOW_EXPERIMENT_NAME where set, else 'ddrl'",
+    )
     progress: bool = True
 
 
@@ -187,12 +209,30 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return path, value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+Overrides = Iterable[str] | Mapping[str, Any]
+"""``["section.field=value", ...]`` (values parsed as YAML) or ``{"section.field": value}`` (taken as is)."""
+
+
+def override_items(overrides: Overrides) -> list[tuple[list[str], Any, str]]:
+    """(path, value, text for messages) of each override, in order."""
+    if isinstance(overrides, Mapping):
+        items = []
+        for key, value in overrides.items():
+            path = [p for p in str(key).strip().split(".") if p]
+            if len(path) < 2:
+                raise ConfigError(f"override {key!r} must name a section and a field, e.g. train.max_steps")
+            items.append((path, value, str(key)))
+        return items
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of section.field=value strings, got the string {overrides!r}")
+    return [(*parse_override(item), item) for item in overrides]
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Overrides) -> dict[str, Any]:
     """Return a copy of the raw recipe dict with ``section.field=value`` overrides applied."""
     out = yaml.safe_load(yaml.safe_dump(raw)) or {}
     sections = list(RunConfig.model_fields)
-    for item in overrides:
-        path, value = parse_override(item)
+    for path, value, item in override_items(overrides):
         if path[0] not in sections:
             raise ConfigError(_unknown(path[0], sections, what="section", where=item))
         if isinstance(out.get(path[0]), str):  # shorthand `objective: dmpo`
@@ -208,7 +248,7 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
 
 def build_config(
     raw: dict[str, Any] | None = None,
-    overrides: Iterable[str] = (),
+    overrides: Overrides = (),
     registry: ComponentLookup | None = None,
     sections: Iterable[str] | None = None,
 ) -> RunConfig:
@@ -225,7 +265,7 @@ def build_config(
         if isinstance(value, str):  # shorthand: `objective: dmpo`
             raw[section] = {"name": value}
         elif isinstance(value, dict) and "name" not in value:
-            value["name"] = RunConfig.model_fields[section].default.name
+            value["name"] = _default_name(section, raw, registry)
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as err:
@@ -238,9 +278,18 @@ def build_config(
 def resolve_config(
     config: RunConfig, registry: ComponentLookup, sections: Iterable[str] | None = None
 ) -> RunConfig:
-    """Validate each component section against its registered component's ``Config``."""
+    """Validate each component section against its registered component's ``Config``.
+
+    An ``estimator`` the run does not set (absent from its recipe) is the objective's
+    ``preferred_estimator`` where it has one, and a component whose class has an
+    ``effective_config`` classmethod gets the options it reports (e.g. the architecture of the
+    checkpoint a model loads), so the resolved config is the run as it will be built.
+    """
+    sections = list(sections if sections is not None else COMPONENT_SECTIONS)
+    if "estimator" in sections:
+        config = _with_preferred_estimator(config, registry)
     updates = {}
-    for section in sections if sections is not None else COMPONENT_SECTIONS:
+    for section in sections:
         spec: ComponentConfig = getattr(config, section)
         component = registry.get(COMPONENT_SECTIONS[section], spec.name)
         config_cls = getattr(component, "Config", None)
@@ -255,7 +304,38 @@ def resolve_config(
             raise ConfigError(
                 format_validation_error(err, config_cls, prefix=section, component=spec.name)
             ) from None
+        effective = getattr(component, "effective_config", None)
+        if callable(effective):
+            updates[section] = effective(updates[section])
     return config.model_copy(update=updates)
+
+
+def _default_name(section: str, raw: dict[str, Any], registry: ComponentLookup | None) -> str:
+    """The component a section that gives options but no name is: the objective's preferred
+    estimator for ``estimator`` (with a registry), else ``RunConfig``'s default."""
+    default: str = RunConfig.model_fields[section].default.name
+    if section != "estimator" or registry is None:
+        return default
+    objective = raw.get("objective")
+    name = objective.get("name") if isinstance(objective, dict) else objective
+    try:
+        preferred = getattr(registry.get(COMPONENT_SECTIONS["objective"], name or RunConfig.model_fields["objective"].default.name), "preferred_estimator", None)
+    except Exception:  # an unknown objective is reported where the objective section is resolved
+        return default
+    return preferred or default
+
+
+def _with_preferred_estimator(config: RunConfig, registry: ComponentLookup) -> RunConfig:
+    """The objective's ``preferred_estimator`` in place of a default (unset) estimator section."""
+    if "estimator" in config.model_fields_set:
+        return config
+    try:
+        preferred = getattr(registry.get(COMPONENT_SECTIONS["objective"], config.objective.name), "preferred_estimator", None)
+    except Exception:  # an unknown objective is reported where the objective section is resolved
+        return config
+    if not preferred or preferred == config.estimator.name:
+        return config
+    return config.model_copy(update={"estimator": ComponentConfig(name=preferred)})
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:

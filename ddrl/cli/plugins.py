@@ -13,6 +13,9 @@ from ddrl.registry import GROUPS, Component, Registry
 
 def plugins(
     group: str = typer.Option(None, "--group", "-g", help=f"Only this group ({', '.join(GROUPS)})."),
+    check: bool = typer.Option(
+        False, "--check", help="Exit with status 1 when any plugin has a problem (failed import, name clash, "
+        "broken interface), so that CI can gate on it."),
 ) -> None:
     """List models, samplers, estimators, objectives, tasks and rewards, and broken plugins."""
     console = Console()
@@ -34,6 +37,12 @@ def plugins(
         console.print(f"[yellow]{len(problems)} plugin problem(s):[/yellow]")
         for p in problems:
             console.print(f"  [yellow]{escape(p.distribution)}[/yellow] {p.group}/{p.name}: {escape(p.message)}")
+    if check:
+        if problems:
+            names = ", ".join(sorted({p.distribution for p in problems}))
+            console.print(f"[red]ddrl plugins --check: {len(problems)} problem(s) in {escape(names)}[/red]")
+            raise typer.Exit(1)
+        console.print("[green]ddrl plugins --check: no plugin problems[/green]")
 
 
 def _status(registry: Registry, c: Component) -> str:

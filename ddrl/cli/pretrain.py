@@ -15,14 +15,21 @@ from rich.console import Console
 from rich.markup import escape
 
 from ddrl.cli.common import assemble_config
-from ddrl.cli.train import builtin_recipe
 from ddrl.config import ConfigError
 from ddrl.registry import Registry, RegistryError
+from ddrl.run import builtin_recipe, builtin_recipes
 from ddrl.training.trainer import Trainer
+
+_PRETRAIN_TASKS = [  # the shipped tiny/pretrain_<task>.yaml recipes (a directory listing: cheap)
+    name[len("tiny/pretrain_"):-len(".yaml")] for name in builtin_recipes() if name.startswith("tiny/pretrain_")
+]
 
 
 def pretrain(
-    task: str = typer.Option("countdown", "--task", "-t", help="Task whose solutions to learn (countdown, sudoku)."),
+    task: str = typer.Option(
+        "countdown", "--task", "-t", help=f"Task whose solutions to learn: picks the built-in recipe "
+        f"tiny/pretrain_TASK.yaml (shipped for: {', '.join(_PRETRAIN_TASKS) or 'none'}).",
+    ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="A recipe (default: tiny/pretrain_<task>.yaml)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="section.field=value (repeatable)."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Run directory (train.output_dir)."),

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ddrl.cli.common import assemble_config, pick_device
+from ddrl.cli.common import PLUGINS_HINT, assemble_config, pick_device
 from ddrl.config import ConfigError
 from ddrl.generation import generate
 from ddrl.registry import Registry, RegistryError
@@ -20,12 +20,12 @@ from ddrl.registry import Registry, RegistryError
 
 def sample(
     prompt: Optional[list[str]] = typer.Option(None, "--prompt", "-p", help="Prompt text (repeatable)."),
-    task: Optional[str] = typer.Option(None, "--task", "-t", help="Take prompts from this task."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help=f"Take prompts from this task ({PLUGINS_HINT})."),
     split: str = typer.Option("test", help="Task split to take prompts from."),
     num_prompts: int = typer.Option(4, "--num-prompts", "-n", min=1, help="Prompts taken from the task."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name (default: tiny)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model name (default: tiny; {PLUGINS_HINT})."),
     model_path: Optional[str] = typer.Option(None, "--model-path", help="A model directory to load."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", "-s", help="Sampler name (default: block)."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", "-s", help=f"Sampler name (default: block; {PLUGINS_HINT})."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="A YAML recipe."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="section.field=value (repeatable)."),
     seed: int = typer.Option(0, help="Seed of the sampler's random draws."),

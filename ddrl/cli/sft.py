@@ -19,10 +19,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ddrl.cli.common import assemble_config
-from ddrl.cli.train import builtin_recipe
+from ddrl.cli.common import PLUGINS_HINT, assemble_config
 from ddrl.config import ConfigError
 from ddrl.registry import Registry, RegistryError
+from ddrl.run import builtin_recipe
 from ddrl.training.distributed import LaunchError
 from ddrl.training.run_dir import read_run_config
 from ddrl.training.trainer import CONFIG_FILE, OutOfMemory, Trainer
@@ -31,14 +31,21 @@ DEFAULT_RECIPE = "tiny/sft_countdown.yaml"
 
 
 def sft(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help=f"A YAML recipe (default: {DEFAULT_RECIPE})."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, e.g. tiny, llada."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help=f"A YAML recipe (default: the built-in {DEFAULT_RECIPE})."
+    ),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model name ({PLUGINS_HINT})."),
     model_path: Optional[str] = typer.Option(None, "--model-path", help="Start from this model directory."),
-    task: Optional[str] = typer.Option(None, "--task", "-t", help="A task with known solutions (countdown, sudoku)."),
+    task: Optional[str] = typer.Option(
+        None, "--task", "-t", help=f"A task whose examples carry reference solutions ({PLUGINS_HINT})."
+    ),
     data: Optional[str] = typer.Option(None, "--data", "-d", help="A local file/directory of records (task `records`)."),
     data_format: Optional[str] = typer.Option(None, "--data-format", help="records layout: auto, messages, prompt_response, s1k."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="section.field=value (repeatable)."),
-    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Run directory (train.output_dir)."),
+    output_dir: Optional[str] = typer.Option(
+        None, "--output-dir",
+        help="Run directory (train.output_dir; default: runs/MODEL-TASK-OBJECTIVE unless the recipe chose another).",
+    ),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
 ) -> None:
     """Supervised fine-tuning (masked-diffusion SFT); its output starts `ddrl train`."""

@@ -2,45 +2,45 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 from pathlib import Path
 from typing import Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from ddrl.cli.common import assemble_config
+from ddrl.cli.common import PLUGINS_HINT, assemble_config
 from ddrl.config import ConfigError, resolve_config
 from ddrl.registry import Registry, RegistryError
+from ddrl.run import DEFAULT_RECIPE, builtin_recipe
 from ddrl.training.distributed import LaunchError
 from ddrl.training.run_dir import read_run_config
 from ddrl.training.memory_plan import plan_run, render
 from ddrl.training.trainer import CONFIG_FILE, OutOfMemory, Trainer
 
-DEFAULT_RECIPE = "tiny/countdown_dmpo.yaml"
-
-
-def builtin_recipe(name: str) -> dict:
-    """A recipe shipped with ddrl (``recipes/`` in the repository, ``ddrl.recipes`` when installed)."""
-    resource = importlib.resources.files("ddrl.recipes").joinpath(name)
-    if not resource.is_file():
-        raise ConfigError(f"built-in recipe {name!r} not found")
-    return yaml.safe_load(resource.read_text()) or {}
+__all__ = ["DEFAULT_RECIPE", "builtin_recipe", "train"]  # the first two live in ddrl.run; kept here for callers
 
 
 def train(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help=f"A YAML recipe (default: {DEFAULT_RECIPE})."),
-    objective: Optional[str] = typer.Option(None, "--objective", "-o", help="Objective name, e.g. dmpo."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model name, e.g. tiny, llada."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help=f"A YAML recipe (default: the built-in {DEFAULT_RECIPE})."
+    ),
+    objective: Optional[str] = typer.Option(
+        None, "--objective", "-o", help=f"Objective name ({PLUGINS_HINT}); brings its preferred estimator."
+    ),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=f"Model name ({PLUGINS_HINT})."),
     model_path: Optional[str] = typer.Option(None, "--model-path", help="Start from this model directory."),
-    task: Optional[str] = typer.Option(None, "--task", "-t", help="Task name, e.g. countdown."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", "-s", help="Rollout sampler name."),
-    estimator: Optional[str] = typer.Option(None, "--estimator", "-e", help="Likelihood estimator name."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help=f"Task name ({PLUGINS_HINT})."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", "-s", help=f"Rollout sampler name ({PLUGINS_HINT})."),
+    estimator: Optional[str] = typer.Option(
+        None, "--estimator", "-e", help=f"Likelihood estimator name ({PLUGINS_HINT})."
+    ),
     overrides: Optional[list[str]] = typer.Option(None, "--set", help="section.field=value (repeatable)."),
-    output_dir: Optional[str] = typer.Option(None, "--output-dir", help="Run directory (train.output_dir)."),
+    output_dir: Optional[str] = typer.Option(
+        None, "--output-dir",
+        help="Run directory (train.output_dir; default: runs/MODEL-TASK-OBJECTIVE unless the recipe chose another).",
+    ),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the resolved recipe's memory plan per process and exit (no weights loaded)."

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 CHUNK = 1 << 20
+REQUIRED_FIELDS = ("length", "steps", "seed")  # plus task_id (or, in old records, task)
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,20 @@ class ResultStore:
             if not line.strip():
                 continue
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{self.path}:{n} is not a JSON record ({err})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{self.path}:{n} is a JSON {type(record).__name__}, not a record (an object)")
+            lacking = [k for k in REQUIRED_FIELDS if k not in record]
+            if "task_id" not in record and "task" not in record:
+                lacking.insert(0, "task_id")
+            if lacking:
+                raise ValueError(
+                    f"{self.path}:{n} lacks {', '.join(map(repr, lacking))}: every record of `ddrl eval` has them; "
+                    "fix or delete that line (records are never rewritten)"
+                )
+            out.append(record)
         return out
 
     def keys(self) -> set[tuple]:

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from ddrl.errors import ConfigError
 
 CONFIG_FILE = "config.json"
 SINGLE_WEIGHTS_FILE = "model.safetensors"
@@ -40,8 +42,36 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".msgpack", ".h5")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory whose content does not match what its config.json describes."""
+class CheckpointError(ConfigError):
+    """A checkpoint directory whose content does not match what its config.json describes (a
+    ``ConfigError``, hence a ``ValueError``: every CLI command reports it as one line)."""
+
+
+@contextmanager
+def open_safetensors(file: Path, device: str = "cpu") -> Iterator[Any]:
+    """``safe_open`` that reports a truncated or corrupt file as a ``CheckpointError`` naming it.
+
+    safetensors checks the header and that the data cover exactly what it declares when it opens a
+    file (no extra read), so an interrupted download or save is caught here, before any tensor."""
+    try:
+        handle = safe_open(str(file), framework="pt", device=device)
+    except SafetensorError as err:
+        raise CheckpointError(corrupt_message(file, err)) from None
+    with handle as f:
+        yield f
+
+
+def corrupt_message(file: Path, err: BaseException) -> str:
+    """What to say about a weights file safetensors cannot open."""
+    try:
+        size = f"{file.stat().st_size:,} bytes"
+    except OSError:
+        size = "unreadable"
+    return (
+        f"{file} is truncated or corrupt ({size}; safetensors: {err}): the download or save that wrote it "
+        "did not finish. Download or save it again (a run's final/ is written by `ddrl train`; a checkpoint "
+        "by `huggingface-cli download ORG/NAME --local-dir DIR`)"
+    )
 
 
 @dataclass(frozen=True)
@@ -117,7 +147,7 @@ def weight_map(path: Path) -> dict[str, str]:
         return dict(mapping)
     single = path / SINGLE_WEIGHTS_FILE
     if single.is_file():
-        with safe_open(str(single), framework="pt") as f:
+        with open_safetensors(single) as f:
             return {name: SINGLE_WEIGHTS_FILE for name in f.keys()}
     raise FileNotFoundError(
         f"no weights in {path}: expected {SINGLE_WEIGHTS_FILE}, or {INDEX_FILE} and the shards it lists"
@@ -141,7 +171,7 @@ def load_weights(
     for name, file in weight_map(path).items():
         files[file].append(name)
     for file, names in sorted(files.items()):
-        with safe_open(str(path / file), framework="pt", device="cpu") as f:
+        with open_safetensors(path / file) as f:
             available = set(f.keys())
             for published in names:
                 if renamer.ignored(published):

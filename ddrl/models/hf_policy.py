@@ -33,7 +33,7 @@ from ddrl.models.base import MaskedDiffusionPolicy
 from ddrl.models.cache import KVCache, splice
 from ddrl.models.head import target_logprobs
 from ddrl.models.hf import (
-    CONFIG_FILE, DTYPES, Renamer, copy_auxiliary_files, load_tokenizer, load_weights, read_config,
+    CONFIG_FILE, DTYPES, CheckpointError, Renamer, copy_auxiliary_files, load_tokenizer, load_weights, read_config,
     resolve_checkpoint_dir, save_weights, write_json,
 )
 from ddrl.models.lora import (
@@ -371,6 +371,7 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
         dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
         published = read_config(path)
         hf_cfg = cls.hf_config(published)
+        check_config_keys(published, path, cls.example_repo)
         hf_cfg._attn_implementation = kwargs.get("attn_implementation", "sdpa")
         hf_cfg.is_causal = False  # masked diffusion: every position attends to every position
         hf_cfg.use_cache = False
@@ -451,6 +452,37 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
         if config.lora is not None and not policy.lora_enabled:
             policy.enable_lora(config.lora)
         return policy
+
+
+# config.json keys, per model_type, that ``hf_config`` would otherwise default: the shapes of the
+# weights (a guessed MLP width or key/value head count fails later as a size mismatch) and the rotary
+# base (a guessed one loads and computes nonsense). Alternatives: any one of a tuple will do.
+REQUIRED_CONFIG_KEYS: dict[str, tuple[tuple[tuple[str, ...], str], ...]] = {
+    "llada": (
+        (("mlp_hidden_size", "mlp_ratio"), "the MLP width"),
+        (("n_kv_heads", "multi_query_attention"), "the number of key/value heads"),
+        (("rope_theta",), "the rotary base"),
+    ),
+    "dream": (
+        (("num_key_value_heads",), "the number of key/value heads"),
+        (("rope_theta",), "the rotary base"),
+    ),
+}
+
+
+def check_config_keys(published: dict[str, Any], path: Path, example_repo: str = "") -> None:
+    """Refuse a config.json that lacks a key ddrl would otherwise default (``REQUIRED_CONFIG_KEYS``),
+    naming the file, the key and what it sets."""
+    needed = REQUIRED_CONFIG_KEYS.get(str(published.get("model_type", "")).lower(), ())
+    for keys, what in needed:
+        if not any(k in published for k in keys):
+            either = " or ".join(repr(k) for k in keys)
+            source = f" (e.g. {example_repo}'s)" if example_repo else ""
+            raise CheckpointError(
+                f"{path / CONFIG_FILE} lacks {either}, which sets {what}: ddrl would have to guess it, and a "
+                f"guess that does not match the weights fails or computes nonsense; copy the key from the "
+                f"published config.json{source} the weights came with"
+            )
 
 
 def resolve_mask_token_id(override: int | None, published: dict[str, Any], tokenizer: Any, path: Path) -> int:

@@ -23,7 +23,8 @@ from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -32,6 +33,7 @@ from ddrl.models.base import MaskedDiffusionPolicy
 from ddrl.models.cache import KVCache, splice
 from ddrl.models.char_tokenizer import DEFAULT_CHARSET, TOKENIZER_FILE, CharTokenizer
 from ddrl.models.head import target_logprobs
+from ddrl.models.hf import CheckpointError, corrupt_message
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -345,6 +347,20 @@ class TinyPolicy(MaskedDiffusionPolicy):
 
     # ------------------------------------------------------------------------------------------
     @classmethod
+    def effective_config(cls, config: TinyConfig) -> TinyConfig:
+        """The options as loaded: with ``path``, the checkpoint's architecture and character set (what
+        config.yaml records); unchanged without a path or where it cannot be read (building reports it)."""
+        if config.path is None:
+            return config
+        try:
+            directory = resolve_builtin(config.path)
+            arch, _ = _read_tiny_config(directory)
+            charset = CharTokenizer.load(directory).charset if (directory / TOKENIZER_FILE).is_file() else None
+        except (OSError, ValueError):
+            return config
+        return config.model_copy(update={"architecture": arch, "charset": charset})
+
+    @classmethod
     def from_config(cls, config: TinyConfig) -> TinyPolicy:  # type: ignore[override]
         if config.path is not None:
             policy = cls.from_pretrained(resolve_builtin(config.path))
@@ -374,29 +390,105 @@ class TinyPolicy(MaskedDiffusionPolicy):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> TinyPolicy:
+        """Load a directory written by ``save_pretrained``; a missing, partial, truncated or
+        inconsistent directory is a ``FileNotFoundError`` or ``CheckpointError`` naming the file
+        and the field."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"tiny model directory {path} does not exist")
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (path / name).is_file():
+                present = sorted(p.name for p in path.iterdir())
+                partial = (f"; {path} holds only {', '.join(present)}: a partial copy or an interrupted save, "
+                           "copy or save the whole directory again (a run's checkpoints/step-N/policy also loads)"
+                           if present else "")
                 raise FileNotFoundError(f"{path / name} is missing: a tiny-model directory needs "
-                                        f"{CONFIG_FILE}, {WEIGHTS_FILE} and (for text) {TOKENIZER_FILE}")
-        payload = json.loads((path / CONFIG_FILE).read_text())
-        if payload.pop("model_type", None) != MODEL_TYPE:
-            raise ValueError(f"{path / CONFIG_FILE} is not a {MODEL_TYPE} config")
-        mask_token_id = payload.pop("mask_token_id", None)
-        tokenizer = CharTokenizer.load(path) if (path / TOKENIZER_FILE).is_file() else None
-        policy = cls(TinyArchitecture.model_validate(payload), tokenizer)
-        if mask_token_id is not None and mask_token_id != policy.mask_token_id:
-            raise ValueError(f"{path / CONFIG_FILE}: mask_token_id {mask_token_id} != {policy.mask_token_id}")
-        state = load_file(str(path / WEIGHTS_FILE))
-        missing, unexpected = policy.net.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{path / WEIGHTS_FILE} does not match config.json: missing {missing}, "
-                f"unexpected {unexpected}"
+                                        f"{CONFIG_FILE}, {WEIGHTS_FILE} and (for text) {TOKENIZER_FILE}{partial}")
+        arch, mask_token_id = _read_tiny_config(path)
+        has_tokenizer = (path / TOKENIZER_FILE).is_file()
+        if not has_tokenizer and mask_token_id is not None and mask_token_id != arch.vocab_size - 1:
+            # a token-only model keeps its mask at vocab_size - 1; any other id means a text model
+            raise FileNotFoundError(
+                f"{path / TOKENIZER_FILE} is missing: {path / CONFIG_FILE} describes a text model "
+                f"(mask_token_id {mask_token_id} of vocab_size {arch.vocab_size}), whose character set "
+                f"lives in {TOKENIZER_FILE}; copy it from the directory this model was saved to"
             )
+        tokenizer = CharTokenizer.load(path) if has_tokenizer else None
+        policy = cls(arch, tokenizer)
+        if mask_token_id is not None and mask_token_id != policy.mask_token_id:
+            raise CheckpointError(
+                f"{path / CONFIG_FILE}: mask_token_id {mask_token_id} != {policy.mask_token_id}, the mask id of "
+                f"{path / TOKENIZER_FILE if has_tokenizer else 'a token-only model'}"
+            )
+        try:
+            state = load_file(str(path / WEIGHTS_FILE))
+        except SafetensorError as err:
+            raise CheckpointError(corrupt_message(path / WEIGHTS_FILE, err)) from None
+        _check_state(path, state, policy.net.state_dict())
+        policy.net.load_state_dict(state, strict=True)
         return policy
+
+
+# the config.json keys that fix the network's shapes and numerics: a config without one of them
+# would load with the default and then fail on the weights' shapes (or silently compute otherwise)
+REQUIRED_CONFIG_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden", "max_seq_len",
+                        "rope_theta", "norm_eps")
+
+
+def _read_tiny_config(path: Path) -> tuple[TinyArchitecture, int | None]:
+    """The architecture and mask id of ``path/config.json``, every problem named by file and key."""
+    file = path / CONFIG_FILE
+    try:
+        payload = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{file} is not valid JSON ({err}); save the model again") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{file} must hold a JSON object, not {type(payload).__name__}")
+    if payload.pop("model_type", None) != MODEL_TYPE:
+        raise CheckpointError(f"{file} is not a {MODEL_TYPE} config (model_type {MODEL_TYPE!r})")
+    mask_token_id = payload.pop("mask_token_id", None)
+    missing = [k for k in REQUIRED_CONFIG_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(
+            f"{file} lacks {', '.join(repr(k) for k in missing)}: without {'them' if len(missing) > 1 else 'it'} "
+            f"the network would be built with ddrl's default{'s' if len(missing) > 1 else ''} "
+            f"({', '.join(f'{k}={TinyArchitecture.model_fields[k].default}' for k in missing)}), "
+            f"which need not match {WEIGHTS_FILE}; add the value{'s' if len(missing) > 1 else ''} the model was "
+            "trained with (save_pretrained writes them all)"
+        )
+    try:
+        return TinyArchitecture.model_validate(payload), mask_token_id
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['msg']}" for e in err.errors())
+        raise CheckpointError(f"{file} has invalid architecture fields: {problems}") from None
+
+
+# which config.json key sets each dimension of a tensor (named in a shape mismatch)
+_SHAPE_KEYS = {"embed_positions": "max_seq_len, d_model", "embed_tokens": "vocab_size, d_model",
+               "lm_head": "vocab_size, d_model", "norm": "d_model", "attn.": "d_model", "mlp.": "d_model, ffn_hidden"}
+
+
+def _check_state(path: Path, state: dict[str, Tensor], expected: dict[str, Tensor]) -> None:
+    """Every tensor the architecture needs, none it does not, each of the shape config.json implies."""
+    file, config = path / WEIGHTS_FILE, path / CONFIG_FILE
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = ([f"lacks {len(missing)} tensor(s) the architecture needs, e.g. {', '.join(missing[:3])}"] if missing
+                 else []) + ([f"holds {len(unexpected)} it does not, e.g. {', '.join(unexpected[:3])}"] if unexpected
+                             else [])
+        raise CheckpointError(
+            f"{file} does not match {CONFIG_FILE} in {path}: it {' and '.join(parts)}; check n_layers and "
+            f"absolute_positions in {config} against the model that was saved"
+        )
+    for name, tensor in state.items():
+        want = tuple(expected[name].shape)
+        if tuple(tensor.shape) != want:
+            keys = next((v for k, v in _SHAPE_KEYS.items() if k in name), "its architecture fields")
+            raise CheckpointError(
+                f"{name} in {file} has shape {tuple(tensor.shape)}, but {config} implies {want}: "
+                f"check {keys} in {config} against the model that was saved"
+            )
 
 
 BUILTIN_PREFIX = "builtin:"

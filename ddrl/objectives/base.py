@@ -98,6 +98,8 @@ class ObjectiveContext:
             each micro-batch, so one micro-batch's activations exist at a time.
         backward: runs the backward pass of a partial loss as the trainer would (None in ``prepare``,
             ``weigh`` and outside the trainer).
+        sampler_records: what the run's sampler records (``Sampler.records``), for objectives that
+            use a record when there is one (DMPO's ``log_ratio: auto``).
     """
 
     policy: MaskedDiffusionPolicy
@@ -109,6 +111,7 @@ class ObjectiveContext:
     num_iterations: int = 1
     loss_micro_batch_size: int | None = None
     backward: Callable[[Tensor], None] | None = None
+    sampler_records: frozenset[str] = frozenset()
 
     def counted(self, batch: SequenceBatch, up_to_eos: bool) -> SequenceBatch:
         """``batch`` with the completion positions that count: all of them, or (``up_to_eos``)

@@ -90,12 +90,17 @@ def read_records(path: Path, what: str) -> list[Record]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()]
+            return _read_jsonl(path, what)
         if suffix == ".json":
             data = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(data, list):
                 raise ConfigError(f"{what}: {path} must hold a JSON list of records")
+            for i, record in enumerate(data):
+                if not isinstance(record, dict):
+                    raise ConfigError(
+                        f"{what}: {path}: record {i} of the list is a JSON {_kind(record)}, not an object; "
+                        'every record must be an object such as {"prompt": ..., "response": ...}'
+                    )
             return data
         if suffix == ".csv":
             with path.open(encoding="utf-8", newline="") as f:
@@ -105,6 +110,36 @@ def read_records(path: Path, what: str) -> list[Record]:
     except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as err:
         raise ConfigError(f"{what}: cannot read {path}: {err}") from None
     raise ConfigError(f"{what}: {path} has suffix {suffix!r}; use one of {', '.join(SUFFIXES)}")
+
+
+def _read_jsonl(path: Path, what: str) -> list[Record]:
+    """One JSON object per line (blank lines skipped); a line that is not valid JSON, or valid JSON
+    but not an object, is a ``ConfigError`` naming ``file:line``."""
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ConfigError(
+                    f"{what}: {path}:{n} is not valid JSON ({err.msg} at column {err.colno}); a JSONL file "
+                    "holds one JSON object per line"
+                ) from None
+            if not isinstance(record, dict):
+                raise ConfigError(
+                    f"{what}: {path}:{n} is a JSON {_kind(record)}, not an object; every line of a JSONL file "
+                    'must be one record such as {"prompt": ..., "response": ...}'
+                )
+            out.append(record)
+    return out
+
+
+def _kind(value: Any) -> str:
+    """The JSON name of a decoded value's type (for messages)."""
+    names = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _read_parquet(path: Path, what: str) -> list[Record]:

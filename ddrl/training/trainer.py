@@ -32,6 +32,7 @@ from ddrl.training.checkpoint import latest_checkpoint, load_checkpoint, save_ch
 from ddrl.training.distributed import TrainedPolicy, make_accelerator, sharding_enabled
 from ddrl.training.logger import MetricsLogger, read_metrics
 from ddrl.training.optim import build_optimizer, set_learning_rate
+from ddrl.training.preflight import check_sequence_lengths  # issue 16, item 6
 from ddrl.rows import RowState
 from ddrl.training.run_dir import RunLock, replace_dir, staging_dir, write_text_atomic
 from ddrl.training.rollout import ChunkStats, PromptSchedule, RolloutPlan, generate_chunk, reference_chunk
@@ -139,8 +140,16 @@ class Trainer:
             tc.num_generations, self.accelerator.process_index,
         )
         self.examples = self.task.split("train")
+        # --- preflight (issue 16, item 6): prompts + completions must fit the model, checked before training
+        check_sequence_lengths(self.policy, self.task, self.examples, self.sampler.completion_length,
+                               tc.max_prompt_length, self.cfg.eval)
+        # --- end preflight
         self.schedule = PromptSchedule(len(self.examples), tc.seed)
-        self.logger = MetricsLogger(self.run_dir, self.cfg.logging.report_to, self.accelerator.is_main_process)
+        lc = self.cfg.logging
+        self.logger = MetricsLogger(
+            self.run_dir, lc.report_to, self.accelerator.is_main_process, run_name=lc.run_name, project=lc.project,
+            logging_steps=lc.logging_steps, log_completions=lc.log_completions, config=self.cfg.model_dump(mode="json"),
+        )
 
     # ------------------------------------------------------------------------------------------
     # set-up
@@ -240,6 +249,7 @@ class Trainer:
                     metrics.update(callback(self, step) or {})
                 metrics["elapsed"] = time.perf_counter() - start
                 self.logger.log(step, metrics)
+                self.logger.log_completions(step, rollout.index, rollout.stats, rollout.local.rewards)
                 progress.update(task_id, completed=step, reward=metrics["reward"], acc=metrics["accuracy"], loss=metrics["loss"])
                 # held-out rows of a step are logged before its checkpoint: a resume from it keeps them
                 every = self.cfg.eval.eval_steps
@@ -350,6 +360,7 @@ class Trainer:
             num_iterations=tc.num_iterations,
             loss_micro_batch_size=tc.loss_micro_batch_size,
             backward=backward if trained else None,
+            sampler_records=frozenset(self.sampler.records),
         )
 
     def _key(self, *keys: object) -> torch.Generator:
