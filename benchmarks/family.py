@@ -14,8 +14,8 @@ from exact_problems import FLOOR, OWN_PROBLEM, make_family, run_all
 ELBO = {"name": "elbo", "num_samples": 8}
 # name -> (objective section without alpha, estimator section); the first one is the headline
 FAMILY_METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "dmpo": ({"name": "dmpo"}, ELBO),  # DMPOConfig() defaults, ELBO weights (what LLaDA runs use)
-    "dmpo_path": ({"name": "dmpo", "log_ratio": "path"}, ELBO),  # defaults, exact path weights
+    "dmpo": ({"name": "dmpo"}, ELBO),  # DMPOConfig() defaults: log_ratio auto = exact path weights with `ancestral`
+    "dmpo_elbo": ({"name": "dmpo", "log_ratio": "estimator"}, ELBO),  # defaults with ELBO weights (block/fast runs)
     "published": ({"name": "dmpo", "preset": "published"}, {"name": "elbo", "num_samples": 4, "mask_scheme": "antithetic"}),
     "path_none": ({"name": "dmpo", "preset": "published", "log_ratio": "path", "baseline": "none"}, ELBO),
     "path_mean": ({"name": "dmpo", "preset": "published", "log_ratio": "path", "baseline": "mean"}, ELBO),

@@ -578,6 +578,32 @@ def test_dmpo_path_log_ratio_is_the_exact_ratio_along_the_sampled_order(token_po
     assert log_rnd.abs().min() > 1e-2  # the two policies differ: the check has teeth
 
 
+def test_dmpo_defaults_use_the_exact_path_where_the_sampler_records_it_and_the_estimator_elsewhere(
+    token_policy, token_policy_b
+):
+    objective = DMPO(DMPOConfig(defensive=0.0))  # log_ratio: auto
+    ancestral = AncestralSampler(AncestralSamplerConfig(max_completion_length=4, temperature=1.0))
+    out = ancestral.sample(token_policy, torch.tensor([PROMPT] * 4), generator=gen(6), scorers=[token_policy_b])
+    rollout = RolloutBatch(out.batch, torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.zeros(4, dtype=torch.long), out)
+    exact = ExactEstimator(ExactConfig())
+    recorded = ctx_for(token_policy, exact, ref_policy=token_policy_b, sampler_records=ancestral.records,
+                       generator=gen(1))
+    assert objective.rollout_scorers(recorded) == [token_policy_b]
+    with torch.no_grad():
+        path = objective.prepare(rollout, recorded).log_rnd
+        assert torch.equal(path, out.scorer_logprobs[0].sum(-1) - out.token_logprobs.sum(-1))
+        # a sampler without the record (e.g. block with several tokens per step): the estimator's ratio
+        unrecorded = ctx_for(token_policy, elbo(), ref_policy=token_policy_b, sampler_records=frozenset({"token_logprobs"}),
+                             generator=gen(1))
+        assert objective.rollout_scorers(unrecorded) == []
+        estimated = objective.prepare(rollout, unrecorded).log_rnd
+        views = elbo().draw(out.batch, gen(1), out.order)  # the same masks for both policies
+        expected = elbo().score(token_policy_b, out.batch, views).sequence() - elbo().score(token_policy, out.batch, views).sequence()
+    assert torch.allclose(estimated, expected, atol=1e-5)
+    assert not torch.allclose(estimated, path, atol=1e-2)  # ELBO masks vs the recorded path: they differ
+    assert DMPO(DMPOConfig(preset="published")).config.log_ratio == "estimator"  # the paper's ELBO weights
+
+
 def test_dmpo_path_log_ratio_without_recorded_scorer_logprobs_is_a_config_error(token_policy):
     sampler = AncestralSampler(AncestralSamplerConfig(max_completion_length=3, temperature=1.0))
     out = sampler.sample(token_policy, torch.tensor([PROMPT] * 2), generator=gen(7))  # no scorers

@@ -51,7 +51,7 @@ Baseline = Literal["negative", "mean", "unbiased", "none"]
 # defaults are the field defaults below.
 PUBLISHED = {
     "proximal": 1.0, "target_ess": None, "baseline": "negative", "baseline_strength": 1.0,
-    "scale_by_std": False, "loss_replicates": 4, "defensive": 0.0,
+    "scale_by_std": False, "loss_replicates": 4, "defensive": 0.0, "log_ratio": "estimator",
 }
 
 
@@ -70,8 +70,9 @@ class DMPOConfig(ObjectiveConfig):
     baseline: Baseline = Field("none", description="subtracted from w+: none (plain WDCE), mean, unbiased, negative")
     baseline_strength: float = Field(1.0, ge=0)
     scale_by_std: bool = Field(False, description="divide the advantages by their group std")
-    log_ratio: Literal["estimator", "path"] = Field(
-        "estimator", description="estimator: ELBO after generation (published); path: exact, ancestral sampler"
+    log_ratio: Literal["auto", "estimator", "path"] = Field(
+        "auto", description="path: exact, from the sampler's path record (ancestral; block/fast with one token "
+        "per step); estimator: ELBO after generation (published); auto: path where the sampler records it, else estimator",
     )
     reference: Reference = Field(
         "policy", description="policy: the frozen initial policy; uniform: p_ref = V^-L, no reference model (MDNS)"
@@ -223,8 +224,15 @@ class DMPO(Objective[DMPOState]):
 
     @property
     def exact_path(self) -> bool:
-        """log_rnd from the sampler's path record (first version) instead of the estimator."""
+        """log_rnd from the sampler's path record, required (``log_ratio: path``)."""
         return self.config.log_ratio == "path"
+
+    def uses_path(self, ctx: ObjectiveContext) -> bool:
+        """Whether log_rnd comes from the path record in this run: required, or (``auto``) the
+        sampler records it (``ctx.sampler_records``)."""
+        if self.config.log_ratio == "auto":
+            return path_records(self.needs_reference) <= ctx.sampler_records
+        return self.exact_path
 
     @property
     def reestimates(self) -> bool:
@@ -244,16 +252,17 @@ class DMPO(Objective[DMPOState]):
         return frozenset() if self.exact_path else frozenset({"sequence"})
 
     def rollout_scorers(self, ctx: ObjectiveContext) -> list[MaskedDiffusionPolicy]:
-        return path_scorers(ctx, self.needs_reference) if self.exact_path else []
+        return path_scorers(ctx, self.needs_reference) if self.uses_path(ctx) else []
 
     # -------------------------------------------------------------------------------------------
     def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> DMPOState:
         views = old_logp = None
-        if not self.exact_path or self.reestimates:
+        path_mode = self.uses_path(ctx)
+        if not path_mode or self.reestimates:
             # views shared by ref and old (and by the current policy for the unbiased baseline)
             views = ctx.estimator.draw(rollout.batch, ctx.generator, rollout.order)
             old_logp = ctx.estimator.score(ctx.policy, rollout.batch, views).sequence()
-        if self.exact_path:
+        if path_mode:
             path = recorded_path(rollout, self.needs_reference, "dmpo log_ratio=path", "set objective.log_ratio=estimator")
             old, ref = path.old_logp, path.ref_logp
         elif not self.needs_reference:
