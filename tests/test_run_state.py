@@ -3,6 +3,7 @@ across a resume, one run per directory, a torn last metrics line recovered from 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -152,3 +153,36 @@ def test_atomic_write_keeps_the_old_content_when_writing_fails(tmp_path, monkeyp
     with pytest.raises(OSError):
         write_text_atomic(path, "model: {}\n" * 1000)
     assert yaml.safe_load(path.read_text()) == {"train": {"max_steps": 12}}
+
+
+RECORD = ('{"label": "tiny[countdown]", "model": "tiny", "objective": "dmpo", "task": "countdown", '
+          '"task_id": "countdown", "task_variant": "toy", "length": 8, "steps": 4, "seed": 0, "accuracy": 0.5}')
+
+
+def test_a_torn_last_results_record_is_skipped_and_the_next_append_starts_a_fresh_line(tmp_path):
+    from ddrl.evaluation.results import ResultStore
+
+    path = tmp_path / "results.jsonl"
+    path.write_text(RECORD + "\n" + RECORD[:20])  # killed while appending the second record
+    store = ResultStore(path)
+    with pytest.warns(UserWarning, match="results.jsonl:2: torn last record"):
+        assert len(store.load()) == 1
+    store.append({**json.loads(RECORD), "length": 16})
+    assert [r["length"] for r in store.load()] == [8, 16]  # the torn bytes are gone, nothing glued
+
+
+def test_the_leaderboard_files_are_replaced_whole(tmp_path, monkeypatch):
+    path = tmp_path / "results.jsonl"
+    path.write_text(RECORD + "\n")
+    (tmp_path / "leaderboard.md").write_text("previous board\n")
+
+    def no_space(fd):
+        raise OSError("no space left")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    CliRunner().invoke(app, ["leaderboard", "--results", str(path)])
+    assert (tmp_path / "leaderboard.md").read_text() == "previous board\n"  # not a half-written one
+    monkeypatch.undo()
+    out = CliRunner().invoke(app, ["leaderboard", "--results", str(path)])
+    assert out.exit_code == 0, out.output
+    assert "countdown" in (tmp_path / "leaderboard.md").read_text()

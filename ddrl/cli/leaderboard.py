@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ddrl.training.run_dir import write_text_atomic
 from ddrl.config import RunConfig
 from ddrl.evaluation.leaderboard import build_leaderboard
 from ddrl.evaluation.results import ResultStore
@@ -46,6 +47,6 @@ def leaderboard(
     console.print(table)
     target = out_dir or store.path.parent
     target.mkdir(parents=True, exist_ok=True)
-    (target / "leaderboard.md").write_text(board.markdown())
-    (target / "leaderboard.csv").write_text(board.csv())
+    write_text_atomic(target / "leaderboard.md", board.markdown())  # whole or the previous one
+    write_text_atomic(target / "leaderboard.csv", board.csv())
     console.print(f"written {target / 'leaderboard.md'} and {target / 'leaderboard.csv'}")

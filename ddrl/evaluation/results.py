@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import warnings
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,12 +109,18 @@ class ResultStore:
         if not self.path.exists():
             return []
         out = []
-        for n, line in enumerate(self.path.read_text().splitlines(), 1):
+        text = self.path.read_text()
+        lines = text.splitlines()
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
+                if n == len(lines) and not text.endswith("\n"):  # a process killed while appending it
+                    warnings.warn(f"{self.path}:{n}: torn last record skipped (the next `ddrl eval` redoes it)",
+                                  stacklevel=2)
+                    break
                 raise ValueError(f"{self.path}:{n} is not a JSON record ({err})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{self.path}:{n} is a JSON {type(record).__name__}, not a record (an object)")
@@ -134,8 +142,12 @@ class ResultStore:
     def append(self, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
+        if self.path.exists():
+            _drop_torn_tail(self.path)
         with self.path.open("a") as f:
             f.write(json.dumps(record, sort_keys=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def latest(self) -> list[dict[str, Any]]:
         """One record per (location, task, length, steps, seed, sampler): the last one written (a
@@ -148,3 +160,12 @@ class ResultStore:
 
 def filter_records(records: Iterable[dict[str, Any]], **equal: Any) -> list[dict[str, Any]]:
     return [r for r in records if all(r.get(k) == v for k, v in equal.items())]
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that has no newline (a killed append) so the next record starts a line."""
+    with path.open("rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return
+        f.truncate(data.rfind(b"\n") + 1)
