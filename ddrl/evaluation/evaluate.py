@@ -13,6 +13,8 @@ task's ``heldout_metric`` (ESS), with accuracy NaN."""
 
 from __future__ import annotations
 
+import functools
+
 import math
 import time
 from dataclasses import dataclass, field
@@ -200,8 +202,9 @@ def evaluate(
     prompts = [task.encode(ex, policy) for ex in examples]
     check_lengths_fit(policy, task, [length], cfg, prompts=prompts)
     generator = torch.Generator(device=policy.device).manual_seed(derive_seed(seed, "eval"))
-    out = generate(policy, sampler, prompts, batch_size=cfg.batch_size, generator=generator, on_batch=on_batch)
-    completions = [task.decode(ids, policy) for ids in out.completion_ids]
+    out = generate(policy, sampler, prompts, batch_size=cfg.batch_size, generator=generator, on_batch=on_batch,
+                   decode=functools.partial(task.decode, policy=policy))  # token-level tasks: no tokenizer needed
+    completions = out.completions
     scores = [task.score(ex, c) for ex, c in zip(examples, completions)]
     keys = sorted({k for s in scores for k in s})
     means = {k: sum(s.get(k, 0.0) for s in scores) / len(scores) for k in keys}
