@@ -74,6 +74,9 @@ def sample(
     try:
         out = generate(policy, run_sampler, texts, batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
                        decode=decode)
+    except (ConfigError, ValueError) as err:  # e.g. a text prompt for a token-only model
+        console.print(f"[red]{escape(str(err))}[/red]")
+        raise typer.Exit(2) from None
     finally:
         if live is not None:
             live.stop()

@@ -268,19 +268,67 @@ def copy_auxiliary_files(source: Path, target: Path, exclude: Iterable[str] = ()
 # tokenizer
 
 
-def load_tokenizer(path: Path, fallback: type | None = None) -> Any:
+# the files a tokenizer directory may hold (copied verbatim on save; left out of a token-only save)
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "tokenizer.model",
+    "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+)
+# any one of these makes a directory hold a tokenizer (the files load_tokenizer looks for)
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+# written by save_pretrained of a policy loaded without a tokenizer: loading the directory back needs none
+TOKEN_ONLY_FILE = "ddrl_token_only.json"
+
+
+class MissingTokenizerError(FileNotFoundError):
+    """A directory that holds none of the files of a tokenizer (``TOKENIZER_MARKERS``)."""
+
+
+def has_tokenizer(path: Path) -> bool:
+    return any((path / name).is_file() for name in TOKENIZER_MARKERS)
+
+
+def is_tokenizer_file(name: str) -> bool:
+    """A tokenizer file, or the publisher's tokenizer code (``tokenization_*.py``, never run)."""
+    return name in TOKENIZER_FILES or (name.startswith("tokenization_") and name.endswith(".py"))
+
+
+def resolve_tokenizer_dir(path: str | Path) -> Path:
+    """The directory of an explicit tokenizer (``model.tokenizer``): a directory, one of its tokenizer
+    files (its directory is used), or a repo id already in the Hugging Face cache (never a download)."""
+    candidate = Path(path).expanduser()
+    if candidate.is_file():
+        return candidate.parent
+    if candidate.is_dir():
+        return candidate
+    text = str(path)
+    if text.count("/") == 1 and not candidate.exists():
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(text, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not in the cache: fall through to the message below
+            pass
+    raise FileNotFoundError(
+        f"tokenizer path {text} (model.tokenizer) does not exist: give the directory that holds the tokenizer "
+        f"files ({', '.join(TOKENIZER_MARKERS)})"
+    )
+
+
+def load_tokenizer(path: Path, fallback: type | None = None, hint: str = "") -> Any:
     """The checkpoint's tokenizer, without running code from the directory.
 
     ``AutoTokenizer`` handles the usual layouts (tokenizer.json). A tokenizer_config.json that
     names a custom class (Dream's ``DreamTokenizer``, which needs remote code) is loaded with
     ``fallback``, the transformers class it derives from (Qwen2's byte-level BPE for Dream).
+    A directory with no tokenizer file raises ``MissingTokenizerError`` naming the files looked
+    for, followed by ``hint`` (what to do instead).
     """
     from transformers import AutoTokenizer
 
-    known = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    if not any((path / name).is_file() for name in known):
-        raise FileNotFoundError(
-            f"no tokenizer in {path}: expected tokenizer.json (or vocab.json + merges.txt) and tokenizer_config.json"
+    if not has_tokenizer(path):
+        raise MissingTokenizerError(
+            f"no tokenizer in {path}: looked for {', '.join(TOKENIZER_MARKERS)} (a tokenizer is tokenizer.json, "
+            f"or vocab.json + merges.txt, with tokenizer_config.json){hint}"
         )
     try:
         with _quiet_transformers():  # it reads config.json too and warns about the unknown model type
@@ -295,6 +343,19 @@ def load_tokenizer(path: Path, fallback: type | None = None) -> Any:
         raise CheckpointError(
             f"cannot load the tokenizer in {path}: AutoTokenizer said {first}; {fallback.__name__} said {err}"
         ) from None
+
+
+def copy_tokenizer_files(source: Path, target: Path) -> list[str]:
+    """Copy the tokenizer files of ``source`` (an explicit ``model.tokenizer`` directory) verbatim,
+    so that a saved checkpoint carries the tokenizer it was used with."""
+    if source.resolve() == target.resolve():
+        return []
+    copied = []
+    for item in sorted(source.iterdir()):
+        if item.is_file() and is_tokenizer_file(item.name):
+            shutil.copyfile(item, target / item.name)
+            copied.append(item.name)
+    return copied
 
 
 @contextmanager

@@ -33,8 +33,9 @@ from ddrl.models.base import MaskedDiffusionPolicy
 from ddrl.models.cache import KVCache, splice
 from ddrl.models.head import target_logprobs
 from ddrl.models.hf import (
-    CONFIG_FILE, DTYPES, CheckpointError, Renamer, copy_auxiliary_files, load_tokenizer, load_weights, read_config,
-    resolve_checkpoint_dir, save_weights, write_json,
+    CONFIG_FILE, DTYPES, TOKEN_ONLY_FILE, CheckpointError, Renamer, copy_auxiliary_files,
+    copy_tokenizer_files, has_tokenizer, is_tokenizer_file, load_tokenizer, load_weights, read_config,
+    resolve_checkpoint_dir, resolve_tokenizer_dir, save_weights, write_json,
 )
 from ddrl.models.lora import (
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraSettings, adapters_disabled, apply_lora, load_adapters, lora_layers,
@@ -53,6 +54,14 @@ class HFPolicyConfig(ComponentConfig):
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     chat_template: bool = Field(True, description="wrap prompts in the tokenizer's chat template (user turn)")
     mask_token_id: int | None = Field(None, description="null = from config.json / the tokenizer")
+    tokenizer: str | None = Field(
+        None, description="a directory (or one of its files) holding the tokenizer files to use instead of the "
+        "checkpoint's; null = the checkpoint's own",
+    )
+    token_only: bool = Field(
+        False, description="load without any tokenizer, for token-id work (token-level tasks, energy tasks, "
+        "reference checks); the mask id comes from config.json or mask_token_id",
+    )
     lora: LoraSettings | None = Field(None, description="null = full fine-tuning; {} = LoRA with defaults")
 
 
@@ -126,7 +135,8 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
     default_lora_targets: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module, lm_head: nn.Linear, published_config: dict[str, Any], tokenizer: Any,
-                 mask_token_id: int, source_dir: Path | None = None, chat_template: bool = True) -> None:
+                 mask_token_id: int, source_dir: Path | None = None, chat_template: bool = True,
+                 tokenizer_dir: Path | None = None) -> None:
         super().__init__()
         self.model = model  # transformers LlamaModel / Qwen2Model
         self.lm_head = lm_head
@@ -135,6 +145,7 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
         self._mask_token_id = mask_token_id
         self.source_dir = source_dir
         self.use_chat_template = chat_template
+        self.tokenizer_dir = tokenizer_dir  # an explicit tokenizer directory (model.tokenizer), else None
         self.lora: LoraSettings | None = None
 
     # ---------------------------------------------------------------------------------------
@@ -330,7 +341,11 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
         """Write the published layout: config.json (published keys), safetensors under published
         names, the tokenizer and other auxiliary files. With LoRA the adapters are merged into the
         weights; ``merge_adapters=False`` writes the base weights and the adapters beside them
-        (``ddrl_lora.*``), which ``from_pretrained`` restores exactly (for resuming training)."""
+        (``ddrl_lora.*``), which ``from_pretrained`` restores exactly (for resuming training).
+
+        A policy loaded with an explicit ``tokenizer`` directory writes that tokenizer's files; a
+        token-only policy (no tokenizer) writes none and leaves ``ddrl_token_only.json``, so that the
+        directory loads back token-only."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         for stale in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
@@ -344,9 +359,28 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
             state.pop("lm_head.weight", None)
         save_weights(state, path, self.renamer(), max_shard_bytes)
         write_json(path / CONFIG_FILE, {**self.published_config, "mask_token_id": self.mask_token_id})
-        if self.source_dir is not None and self.source_dir.is_dir():
-            copy_auxiliary_files(self.source_dir, path, exclude=(ADAPTER_WEIGHTS, ADAPTER_CONFIG))
-        elif self.tokenizer is not None:
+        source = self.source_dir if self.source_dir is not None and self.source_dir.is_dir() else None
+        exclude: list[str] = [ADAPTER_WEIGHTS, ADAPTER_CONFIG]
+        if source is not None and (self.tokenizer is None or self.tokenizer_dir is not None):
+            # the checkpoint's own tokenizer files are not the ones this policy uses
+            exclude += [item.name for item in source.iterdir() if is_tokenizer_file(item.name)]
+        if source is not None and self.tokenizer is not None:
+            exclude.append(TOKEN_ONLY_FILE)
+        if source is not None:
+            copy_auxiliary_files(source, path, exclude=exclude)
+        if self.tokenizer is None:
+            if path.resolve() != (source.resolve() if source is not None else None):
+                for stale in path.iterdir():  # no tokenizer files of an earlier save into the same directory
+                    if is_tokenizer_file(stale.name) and stale.is_file():
+                        stale.unlink()
+            write_json(path / TOKEN_ONLY_FILE, {
+                "token_only": True,
+                "note": "saved by ddrl from a policy loaded without a tokenizer (model.token_only); "
+                        "ddrl loads this directory token-only unless model.tokenizer names tokenizer files",
+            })
+        elif self.tokenizer_dir is not None and self.tokenizer_dir.is_dir():
+            copy_tokenizer_files(self.tokenizer_dir, path)
+        elif source is None:
             self.tokenizer.save_pretrained(str(path))
         if keep_adapters:
             assert self.lora is not None
@@ -358,7 +392,11 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
         """Load a checkpoint directory in the published layout.
 
         Keyword options: ``dtype`` (torch dtype, default float32), ``attn_implementation``
-        ("sdpa"), ``mask_token_id`` (None = config.json / tokenizer), ``chat_template`` (True).
+        ("sdpa"), ``mask_token_id`` (None = config.json / tokenizer), ``chat_template`` (True),
+        ``tokenizer`` (a directory holding the tokenizer files to use instead of the checkpoint's)
+        and ``token_only`` (False; True loads no tokenizer: token ids only, ``policy.tokenizer`` is
+        None and the mask id comes from config.json or ``mask_token_id``). A directory written by
+        ``save_pretrained`` of a token-only policy (``ddrl_token_only.json``) loads token-only.
         """
         import transformers
 
@@ -375,12 +413,13 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
         hf_cfg._attn_implementation = kwargs.get("attn_implementation", "sdpa")
         hf_cfg.is_causal = False  # masked diffusion: every position attends to every position
         hf_cfg.use_cache = False
-        tokenizer = load_tokenizer(path, cls.tokenizer_fallback())
+        tokenizer, tokenizer_dir = cls._load_tokenizer(path, kwargs.get("tokenizer"), bool(kwargs.get("token_only")))
         mask_id = resolve_mask_token_id(kwargs.get("mask_token_id"), published, tokenizer, path)
         with torch.device("meta"):  # no random init of billions of weights; the checkpoint assigns them
             model = cls.base_model_class()(hf_cfg)
             lm_head = nn.Linear(hf_cfg.hidden_size, hf_cfg.vocab_size, bias=False)
-        policy = cls(model, lm_head, published, tokenizer, mask_id, path, kwargs.get("chat_template", True))
+        policy = cls(model, lm_head, published, tokenizer, mask_id, path, kwargs.get("chat_template", True),
+                     tokenizer_dir)
         tied = cls.tied(published)
         load_weights(policy, path, cls.renamer(), dtype,
                      not_stored=["lm_head.weight"] if tied else [])
@@ -396,6 +435,30 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
         if policy.lora is not None:
             policy.lm_head.requires_grad_(False)
         return policy
+
+    @classmethod
+    def _load_tokenizer(cls, path: Path, tokenizer: str | Path | None, token_only: bool) -> tuple[Any, Path | None]:
+        """(tokenizer or None, the explicit tokenizer directory or None) for ``from_pretrained``."""
+        if token_only and tokenizer is not None:
+            raise ValueError(
+                f"model.tokenizer={tokenizer} and model.token_only=true contradict each other: "
+                "give a tokenizer directory or load token-only, not both"
+            )
+        if token_only:
+            return None, None
+        if tokenizer is not None:
+            directory = resolve_tokenizer_dir(tokenizer)
+            hint = ("; model.tokenizer (from_pretrained(..., tokenizer=...)) must name the directory of the "
+                    "tokenizer files, or set model.token_only=true to load without a tokenizer")
+            return load_tokenizer(directory, cls.tokenizer_fallback(), hint), directory
+        if not has_tokenizer(path) and (path / TOKEN_ONLY_FILE).is_file():
+            return None, None  # saved by ddrl from a token-only policy
+        hint = (
+            ". To use tokenizer files kept elsewhere set model.tokenizer=DIR (from_pretrained(..., tokenizer=DIR)); "
+            "to work on token ids only (token-level tasks, no text prompts) set model.token_only=true "
+            "(from_pretrained(..., token_only=True))"
+        )
+        return load_tokenizer(path, cls.tokenizer_fallback(), hint), None
 
     @classmethod
     def skeleton(cls, config: HFPolicyConfig) -> HFDiffusionPolicy:  # type: ignore[override]
@@ -448,6 +511,7 @@ class HFDiffusionPolicy(MaskedDiffusionPolicy):
         policy = cls.from_pretrained(
             config.path, dtype=DTYPES[config.dtype], attn_implementation=config.attn_implementation,
             mask_token_id=config.mask_token_id, chat_template=config.chat_template,
+            tokenizer=config.tokenizer, token_only=config.token_only,
         )
         if config.lora is not None and not policy.lora_enabled:
             policy.enable_lora(config.lora)
@@ -500,4 +564,9 @@ def resolve_mask_token_id(override: int | None, published: dict[str, Any], token
     for candidate in (from_config, from_tokenizer):
         if candidate is not None:
             return int(candidate)
+    if tokenizer is None:
+        raise ValueError(
+            f"no mask token id: {path / CONFIG_FILE} has no mask_token_id and the policy is loaded without a "
+            "tokenizer (token-only): set model.mask_token_id (from_pretrained(..., mask_token_id=ID))"
+        )
     raise ValueError(f"no mask token id in {path / CONFIG_FILE} or the tokenizer: set model.mask_token_id")
