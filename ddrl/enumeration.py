@@ -41,6 +41,27 @@ def sequence_log_probs(
     return torch.cat(out).double()
 
 
+@torch.no_grad()
+def block_sequence_log_probs(
+    policy: MaskedDiffusionPolicy, prompt: list[int], completions: Tensor, block_size: int,
+    micro_batch_size: int | None = 4096,
+) -> Tensor:
+    """``[N]`` log p_theta(o|q) of block-by-block decoding (uniformly random order inside each block,
+    later blocks masked), exactly: ``estimators.block_elbo.log_likelihood_block_orders``. For a
+    block-diffusion model this is its generative distribution; blocks as in ``ddrl.models.tiny``."""
+    from ddrl.estimators.block_elbo import log_likelihood_block_orders
+
+    n = completions.shape[0]
+    prompt_ids = torch.tensor(prompt, dtype=torch.long, device=completions.device).expand(n, -1).clone()
+    if prompt_ids.shape[1] == 0:
+        prompt_ids = prompt_ids.view(n, 0)
+    batch = SequenceBatch.from_parts(prompt_ids, completions)
+    rows = max(1, (micro_batch_size or n) // (2 ** min(completions.shape[1], block_size)))
+    out = [log_likelihood_block_orders(policy, batch.index(slice(lo, lo + rows)), block_size)
+           for lo in range(0, n, rows)]
+    return torch.cat(out).double()
+
+
 def tilted_log_target(log_p_ref: Tensor, rewards: Tensor, alpha: float) -> Tensor:
     """log p*(o) = log p_ref(o) + r(o)/alpha - log Z, normalised over the enumerated rows."""
     logits = log_p_ref.double() + rewards.double() / alpha

@@ -12,6 +12,16 @@ id V-1: the setting of exact enumeration tests and of energy-based targets (Isin
 
 It supports the `fast` sampler's key/value cache (``forward_cache`` / ``forward_window``; layouts
 in ``ddrl.models.cache``).
+
+``architecture.block_size`` (default null: the fully bidirectional model above, unchanged) makes it a
+block-diffusion model (LLaDA2.x, SDAR, BD3-LM): the canvas is cut into blocks of ``block_size``
+real tokens counted from the first real token (left padding does not count, as for the rotary
+positions), prompt included, and a position attends to its own block and every earlier one:
+bidirectional inside a block, causal across blocks. The prompt is therefore cut into blocks too
+(prompt block j sees prompt blocks <= j), and when the prompt's real length is not a multiple of
+``block_size`` its last block is shared with the first completion tokens (LLaDA2's convention).
+Such a model has no key/value cache paths (``supports_kv_cache`` is False; ``forward_cache`` /
+``forward_window`` raise): decode it with ``cache: none`` or another sampler.
 """
 
 from __future__ import annotations
@@ -61,6 +71,12 @@ class TinyArchitecture(BaseModel):
     )
     norm_eps: float = Field(1e-5, gt=0)
     init_std: float = Field(0.02, gt=0)
+    block_size: int | None = Field(
+        None,
+        ge=1,
+        description="null = fully bidirectional attention; N = block diffusion: blocks of N real tokens from "
+        "the first real token (prompt included), bidirectional inside a block, causal across blocks",
+    )
 
 
 class TinyConfig(ComponentConfig):
@@ -205,6 +221,7 @@ class TinyTransformer(nn.Module):
 
     def forward_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
         """Logits ``[B, T, V]`` (equal to ``forward``'s) and every layer's rotated keys/values."""
+        self._refuse_cache()
         b, t = input_ids.shape
         positions, key_mask = self._positions(b, t, attention_mask, input_ids.device)
         cos, sin = rotary(positions, self.arch.d_model // self.arch.n_heads, self.arch.rope_theta)
@@ -226,6 +243,7 @@ class TinyTransformer(nn.Module):
         """Logits ``[B, S, V]`` of canvas positions ``[start, start+S)``; the other positions'
         keys/values come from ``cache`` (prefix layout: ``cache.length == start``, the window runs
         to the end of the canvas; dual layout: ``cache.length == T``)."""
+        self._refuse_cache()
         b, s = window_ids.shape
         if len(cache.keys) != len(self.layers):
             raise ValueError(f"the cache holds {len(cache.keys)} layers, the model has {len(self.layers)}")
@@ -239,6 +257,14 @@ class TinyTransformer(nn.Module):
             x = layer(x, cos, sin, key_mask, hook)
         return self.lm_head(self.norm(x))
 
+    def _refuse_cache(self) -> None:
+        if self.arch.block_size is not None:
+            raise NotImplementedError(
+                f"a block-diffusion tiny model (architecture.block_size={self.arch.block_size}) has no key/value "
+                "cache paths: its window calls would need the block-causal mask of the spliced canvas; decode it "
+                "with sampler.cache: none (or the ancestral/block samplers)"
+            )
+
     def _embed(self, input_ids: Tensor, positions: Tensor) -> Tensor:
         """Token embeddings ``[B, S, D]`` (+ the absolute-position ones of ``positions [B, S]``)."""
         x = self.embed_tokens(input_ids)
@@ -249,15 +275,33 @@ class TinyTransformer(nn.Module):
     def _positions(
         self, b: int, t: int, attention_mask: Tensor | None, device: torch.device
     ) -> tuple[Tensor, Tensor | None]:
-        """Rotary positions ``[B, T]`` and the key mask ``[B, 1, 1, T]`` (None = attend everywhere)."""
+        """Rotary positions ``[B, T]`` and the key mask ``[B, 1, 1, T]`` (None = attend everywhere);
+        for a block-diffusion model the mask is ``[B, 1, T, T]`` (query by key, True = may attend)."""
         if t > self.arch.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len {self.arch.max_seq_len}")
+        if self.arch.block_size is not None:
+            return self._block_positions(b, t, attention_mask, device)
         if attention_mask is None or bool(attention_mask.all()):
             return torch.arange(t, device=device).expand(b, t), None
         mask = attention_mask.bool()
         # positions count real tokens only, so left padding does not shift the rotary phase
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return positions, mask[:, None, None, :]  # key mask: True = may be attended to
+
+    def _block_positions(
+        self, b: int, t: int, attention_mask: Tensor | None, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """Block diffusion: query i may attend to real key j iff block(j) <= block(i), where
+        block = (real-token position) // block_size. Padded queries sit in block 0 with the first
+        real token, so no row of the mask is empty."""
+        if attention_mask is None:
+            mask = torch.ones((b, t), dtype=torch.bool, device=device)
+        else:
+            mask = attention_mask.bool()
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        block = positions // self.arch.block_size  # (B, T)
+        allowed = (block[:, None, :] <= block[:, :, None]) & mask[:, None, :]  # (B, T_query, T_key)
+        return positions, allowed[:, None]
 
 
 def _splicer(k_cached: Tensor, v_cached: Tensor, start: int) -> KVHook:
@@ -310,6 +354,13 @@ class TinyPolicy(MaskedDiffusionPolicy):
         self.arch = arch
         self.tokenizer = tokenizer
         self.net = TinyTransformer(arch)
+        if arch.block_size is not None:
+            self.supports_kv_cache = False  # the cache paths refuse block-causal attention
+
+    @property
+    def block_size(self) -> int | None:
+        """The block-diffusion block size (None: fully bidirectional)."""
+        return self.arch.block_size
 
     @property
     def mask_token_id(self) -> int:
@@ -379,7 +430,9 @@ class TinyPolicy(MaskedDiffusionPolicy):
     def save_pretrained(self, path: str | Path) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        payload = {"model_type": MODEL_TYPE, "mask_token_id": self.mask_token_id, **self.arch.model_dump()}
+        # block_size is written only when set, so a bidirectional model's config.json is unchanged
+        arch = self.arch.model_dump(exclude={"block_size"} if self.arch.block_size is None else None)
+        payload = {"model_type": MODEL_TYPE, "mask_token_id": self.mask_token_id, **arch}
         _atomic_write_text(path / CONFIG_FILE, json.dumps(payload, indent=1) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.net.state_dict().items()}
         tmp = path / (WEIGHTS_FILE + ".tmp")
