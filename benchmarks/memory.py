@@ -108,9 +108,11 @@ def _components(spec: Spec) -> tuple[Any, Any, Any]:
     policy.train()
     if spec.scoring == "naive":
         type(policy).supports_lean_scoring = False  # this process only: the head on every position
+    micro = {"micro_batch_size": spec.micro}  # lean: the no-gradient scoring in micro-batches of views too
     if spec.objective == "dmpo":
-        return policy, DMPO(DMPOConfig(preset="published")), ElboEstimator(ElboConfig(num_samples=4, mask_scheme="antithetic"))
-    return policy, DiffuGRPO(DiffuGRPOConfig()), OneStepEstimator(OneStepConfig())
+        estimator = ElboEstimator(ElboConfig(num_samples=4, mask_scheme="antithetic", **micro))
+        return policy, DMPO(DMPOConfig(preset="published")), estimator
+    return policy, DiffuGRPO(DiffuGRPOConfig()), OneStepEstimator(OneStepConfig(**micro))
 
 
 def _rollout(spec: Spec, policy: Any) -> Any:
@@ -139,7 +141,7 @@ def grid(quick: bool, tiny: bool) -> list[Spec]:
     def spec(objective: str, layers: int, scoring: str, **kw: Any) -> Spec:
         # lean = the head on scored positions + backward per micro-batch of views (one replicate of
         # the group at a time): what train.loss_micro_batch_size gives; naive = one graph, full head
-        micro = Spec.completions if scoring == "lean" and objective == "dmpo" else None
+        micro = Spec.completions if scoring == "lean" else None
         return Spec(objective, layers, scoring, tiny=tiny, micro=micro, **kw)
 
     specs = [spec("dmpo", 1, "naive"), spec("dmpo", 1, "lean"), spec("dmpo", 2, "lean"), spec("diffu_grpo", 1, "lean")]
