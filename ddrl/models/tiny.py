@@ -20,8 +20,10 @@ positions), prompt included, and a position attends to its own block and every e
 bidirectional inside a block, causal across blocks. The prompt is therefore cut into blocks too
 (prompt block j sees prompt blocks <= j), and when the prompt's real length is not a multiple of
 ``block_size`` its last block is shared with the first completion tokens (LLaDA2's convention).
-Such a model has no key/value cache paths (``supports_kv_cache`` is False; ``forward_cache`` /
-``forward_window`` raise): decode it with ``cache: none`` or another sampler.
+Such a model has no generic key/value cache paths (``supports_kv_cache`` is False; ``forward_cache`` /
+``forward_window`` raise, as the `fast` sampler's column blocks need not be the model's): it has instead
+the exact cache of committed blocks (``supports_block_cache``, ``forward_block_cache`` /
+``forward_block_window``) that the `block_diffusion` sampler uses; or decode it with ``cache: none``.
 """
 
 from __future__ import annotations
@@ -220,8 +222,8 @@ class TinyTransformer(nn.Module):
         return self.norm(x)
 
     def forward_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
-        """Logits ``[B, T, V]`` (equal to ``forward``'s) and every layer's rotated keys/values."""
-        self._refuse_cache()
+        """Logits ``[B, T, V]`` (equal to ``forward``'s) and every layer's rotated keys/values
+        (block-causal for a block-diffusion model)."""
         b, t = input_ids.shape
         positions, key_mask = self._positions(b, t, attention_mask, input_ids.device)
         cos, sin = rotary(positions, self.arch.d_model // self.arch.n_heads, self.arch.rope_theta)
@@ -238,31 +240,36 @@ class TinyTransformer(nn.Module):
         return self.lm_head(self.norm(x)), cache
 
     def forward_window(
-        self, window_ids: Tensor, start: int, cache: KVCache, attention_mask: Tensor | None = None
+        self, window_ids: Tensor, start: int, cache: KVCache, attention_mask: Tensor | None = None,
+        attended: KVCache | None = None,
     ) -> Tensor:
         """Logits ``[B, S, V]`` of canvas positions ``[start, start+S)``; the other positions'
         keys/values come from ``cache`` (prefix layout: ``cache.length == start``, the window runs
-        to the end of the canvas; dual layout: ``cache.length == T``)."""
-        self._refuse_cache()
+        to the end of the canvas; dual layout: ``cache.length == T``). With ``attended``, every
+        layer's attended keys/values (the cache with the window's spliced in) are appended to it.
+        A block-diffusion model's window queries get their rows of the block-causal mask."""
         b, s = window_ids.shape
         if len(cache.keys) != len(self.layers):
             raise ValueError(f"the cache holds {len(cache.keys)} layers, the model has {len(self.layers)}")
         t = _canvas_length(start, s, cache.length, attention_mask)
         positions, key_mask = self._positions(b, t, attention_mask, window_ids.device)
         positions = positions[:, start : start + s]  # rotary phases of the whole canvas
+        if self.arch.block_size is not None:
+            key_mask = key_mask[:, :, start : start + s]  # type: ignore[index]  # the window's query rows
         cos, sin = rotary(positions, self.arch.d_model // self.arch.n_heads, self.arch.rope_theta)
         x = self._embed(window_ids, positions)
         for layer, k_cached, v_cached in zip(self.layers, cache.keys, cache.values):
-            hook = _splicer(k_cached, v_cached, start)
+            hook = _splicer(k_cached, v_cached, start, attended)
             x = layer(x, cos, sin, key_mask, hook)
         return self.lm_head(self.norm(x))
 
     def _refuse_cache(self) -> None:
         if self.arch.block_size is not None:
             raise NotImplementedError(
-                f"a block-diffusion tiny model (architecture.block_size={self.arch.block_size}) has no key/value "
-                "cache paths: its window calls would need the block-causal mask of the spliced canvas; decode it "
-                "with sampler.cache: none (or the ancestral/block samplers)"
+                f"a block-diffusion tiny model (architecture.block_size={self.arch.block_size}) has no generic "
+                "key/value cache paths (the `fast` sampler's column blocks need not match the model's blocks): "
+                "decode it with sampler.cache: none, or with the block_diffusion sampler, whose exact cache of "
+                "committed blocks uses forward_block_cache / forward_block_window"
             )
 
     def _embed(self, input_ids: Tensor, positions: Tensor) -> Tensor:
@@ -304,9 +311,13 @@ class TinyTransformer(nn.Module):
         return positions, allowed[:, None]
 
 
-def _splicer(k_cached: Tensor, v_cached: Tensor, start: int) -> KVHook:
+def _splicer(k_cached: Tensor, v_cached: Tensor, start: int, attended: KVCache | None = None) -> KVHook:
     def hook(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        return splice(k_cached, k, start), splice(v_cached, v, start)
+        k, v = splice(k_cached, k, start), splice(v_cached, v, start)
+        if attended is not None:
+            attended.keys.append(k)
+            attended.values.append(v)
+        return k, v
 
     return hook
 
@@ -381,12 +392,44 @@ class TinyPolicy(MaskedDiffusionPolicy):
         return target_logprobs(hidden, self.net.lm_head.weight, targets[scored], self.mask_token_id)  # type: ignore[index]
 
     def forward_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
+        self.net._refuse_cache()
         return self.net.forward_cache(input_ids, attention_mask)
 
     def forward_window(
         self, window_ids: Tensor, start: int, cache: KVCache, attention_mask: Tensor | None = None
     ) -> Tensor:
+        self.net._refuse_cache()
         return self.net.forward_window(window_ids, start, cache, attention_mask)
+
+    # the exact cache of committed blocks (block-diffusion models; the `block_diffusion` sampler)
+    @property
+    def supports_block_cache(self) -> bool:
+        """True for a block-diffusion model: keys/values of finished blocks never change (later blocks
+        are not attended to), so caching them is exact."""
+        return self.arch.block_size is not None
+
+    def forward_block_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
+        """Raw logits ``[B, T, V]`` (equal to ``forward``'s) and every layer's keys/values, block-causal."""
+        self._require_blocks()
+        return self.net.forward_cache(input_ids, attention_mask)
+
+    def forward_block_window(
+        self, window_ids: Tensor, start: int, cache: KVCache, attention_mask: Tensor | None = None
+    ) -> tuple[Tensor, KVCache]:
+        """Raw logits ``[B, S, V]`` of canvas columns ``[start, start+S)`` against a prefix ``cache`` of
+        columns ``[0, start)`` (``attention_mask`` covers ``[0, start+S)``, the canvas the window ends),
+        and the keys/values of columns ``[0, start+S)`` (``.truncate`` keeps the committed ones)."""
+        self._require_blocks()
+        if cache.length != start:
+            raise ValueError(f"forward_block_window takes a prefix cache of {start} columns, got {cache.length}")
+        attended = KVCache([], [])
+        logits = self.net.forward_window(window_ids, start, cache, attention_mask, attended)
+        return logits, attended
+
+    def _require_blocks(self) -> None:
+        if self.arch.block_size is None:
+            raise ValueError("forward_block_cache/forward_block_window need a block-diffusion model "
+                             "(architecture.block_size); a bidirectional model's keys/values see the whole canvas")
 
     supports_gradient_checkpointing = True
 
