@@ -7,6 +7,12 @@ On every problem p_theta, p* and KL(p* || p_theta) are exact (2 prompts x V^L = 
 
 The **supervised floor** of a problem trains the same model with the same optimizer, budget and
 WDCE loss on exact draws of p* with uniform weights: what DMPO could reach with perfect samples.
+
+**Block diffusion** (``Problem.block_size``, ``distribution_matching.py --block-size B``): the tiny
+model gets ``architecture.block_size = B`` and its generative distribution is block-by-block
+decoding, uniformly random order inside a block; p_theta (and so p_ref, p* and every KL) is then
+``enumeration.block_sequence_log_probs``, not the any-order ``sequence_log_probs``, and the
+``ancestral`` sampler runs with ``block_length = B``, which draws exactly from it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,15 @@ from torch import Tensor
 
 from ddrl.batch import SequenceBatch
 from ddrl.config import build_config
-from ddrl.enumeration import all_sequences, entropy, expectation, kl_divergence, sequence_log_probs, tilted_log_target
+from ddrl.enumeration import (
+    all_sequences,
+    block_sequence_log_probs,
+    entropy,
+    expectation,
+    kl_divergence,
+    sequence_log_probs,
+    tilted_log_target,
+)
 from ddrl.objectives.base import ObjectiveContext, RolloutBatch, Weighed
 from ddrl.objectives.dmpo import DMPO, DMPOState
 from ddrl.objectives.groups import group_size
@@ -40,6 +54,7 @@ NUM_TOKENS, LENGTH, NUM_PROMPTS, G = 4, 4, 2, 32
 ALPHAS = (0.5, 1.0, 2.0)
 REWARD_SCALE = 2.0  # reward std under uniform completions: r/alpha has std 1, 2 or 4
 KINDS = (*TERM_KINDS, "mixed")
+NUM_PROMPT_TOKENS = 2  # the `pattern` task's prompts (ExactTracker checks every prompt of a block problem)
 ARCH = {"vocab_size": NUM_TOKENS + 1, "d_model": 32, "n_layers": 2, "n_heads": 2, "ffn_hidden": 64}
 
 
@@ -53,14 +68,43 @@ class Problem:
     init_std: float
     alpha: float
     entropy_fraction: float = math.nan  # H(p_ref) / log V^L, averaged over the prompts
+    block_size: int | None = None  # a block-diffusion tiny (architecture.block_size); None: bidirectional
 
     def model(self) -> dict[str, Any]:
-        return {"name": "tiny", "charset": None, "seed": self.model_seed,
-                "architecture": {**ARCH, "init_std": self.init_std}}
+        arch = {**ARCH, "init_std": self.init_std}
+        if self.block_size is not None:
+            arch["block_size"] = self.block_size
+        return {"name": "tiny", "charset": None, "seed": self.model_seed, "architecture": arch}
+
+    def sampler(self, name: str) -> dict[str, Any]:
+        """The sampler section: blocks of ``block_size`` for a block model (its generative law)."""
+        section = {"name": name, "max_completion_length": LENGTH, "temperature": 1.0}
+        if self.block_size is not None:
+            section["block_length"] = self.block_size
+        return section
 
 
 OWN_PROBLEM = Problem("own", {"name": "pattern", "num_tokens": NUM_TOKENS, "length": LENGTH, "num_prompts": NUM_PROMPTS},
                       model_seed=1, init_std=0.1, alpha=0.25)
+
+
+def exact_log_probs(policy: Any, prompt: list[int], completions: Tensor) -> Tensor:
+    """``[N]`` log p_theta(o|q) exactly, under the policy's own generative law: block-by-block decoding
+    (``block_sequence_log_probs``) for a block-diffusion model, any order (``sequence_log_probs``) else."""
+    block_size = getattr(policy, "block_size", None)
+    if block_size is None:
+        return sequence_log_probs(policy, prompt, completions)
+    return block_sequence_log_probs(policy, prompt, completions, block_size)
+
+
+def block_problem(problem: Problem, block_size: int) -> Problem:
+    """``problem`` with a block-diffusion model of ``block_size``. The ancestral sampler's blocks are
+    counted from the first completion token and the model's from the first prompt token, so
+    ``block_size`` must divide the prompt length (2 for `pattern`) and L."""
+    if LENGTH % block_size or NUM_PROMPT_TOKENS % block_size:
+        raise ValueError(f"block_size {block_size} must divide the prompt length ({NUM_PROMPT_TOKENS}) and "
+                         f"L ({LENGTH}) so that the sampler's blocks are the model's")
+    return replace(problem, name=f"{problem.name}-block{block_size}", block_size=block_size)
 
 
 def rewards_of(problem_task: dict[str, Any], example: Any, completions: Tensor) -> Tensor:
@@ -76,7 +120,7 @@ def reference_entropy(problem: Problem, registry: Registry) -> float:
     policy = registry.build("models", cfg.model).eval()
     task = registry.build("tasks", cfg.task)
     completions = all_sequences(NUM_TOKENS, LENGTH)
-    values = [entropy(sequence_log_probs(policy, ex.columns["prompt_ids"], completions)) for ex in task.split("train")]
+    values = [entropy(exact_log_probs(policy, ex.columns["prompt_ids"], completions)) for ex in task.split("train")]
     return statistics.mean(values) / (LENGTH * math.log(NUM_TOKENS))
 
 
@@ -130,7 +174,7 @@ def target_kl(problem: Problem, registry: Registry) -> float:
     completions = all_sequences(NUM_TOKENS, LENGTH)
     kls = []
     for ex in task.split("train"):
-        log_ref = sequence_log_probs(policy, ex.columns["prompt_ids"], completions)
+        log_ref = exact_log_probs(policy, ex.columns["prompt_ids"], completions)
         kls.append(kl_divergence(tilted_log_target(log_ref, rewards_of(problem.task, ex, completions), problem.alpha), log_ref))
     return statistics.mean(kls)
 
@@ -206,9 +250,13 @@ class ExactTracker:
 
     def setup(self, trainer: Trainer) -> None:
         n = len(trainer.examples)
+        block_size = getattr(trainer.policy, "block_size", None)
         for ex in trainer.examples:
             prompt = list(ex.columns["prompt_ids"])
-            log_ref = sequence_log_probs(trainer.policy, prompt, self.completions)  # step 0: p_theta = p_ref
+            if block_size is not None and len(prompt) % block_size:
+                raise ValueError(f"prompt of {len(prompt)} tokens: the ancestral sampler's blocks of {block_size} "
+                                 "would not be the model's (blocks count from the first prompt token)")
+            log_ref = exact_log_probs(trainer.policy, prompt, self.completions)  # step 0: p_theta = p_ref
             reward = rewards_of(self.problem.task, ex, self.completions)
             log_target = tilted_log_target(log_ref, reward, self.problem.alpha)
             self.targets.append((prompt, log_target, reward))
@@ -222,7 +270,7 @@ class ExactTracker:
         kl = ent = rew = 0.0
         n = len(self.targets)
         for prompt, log_target, reward in self.targets:
-            lp = sequence_log_probs(trainer.policy, prompt, self.completions)
+            lp = exact_log_probs(trainer.policy, prompt, self.completions)
             kl, ent, rew = kl + kl_divergence(log_target, lp) / n, ent + entropy(lp) / n, rew + expectation(lp, reward) / n
         completions = step * trainer.plan.num_prompts * trainer.plan.num_generations // trainer.cfg.train.num_iterations
         return {"step": step, "completions": completions, "kl": kl, "entropy": ent, "reward": rew}
@@ -240,7 +288,7 @@ def recipe(problem: Problem, objective: dict[str, Any], estimator: dict[str, Any
     return {
         "model": problem.model(),
         "task": problem.task,
-        "sampler": {"name": sampler, "max_completion_length": LENGTH, "temperature": 1.0},
+        "sampler": problem.sampler(sampler),
         "estimator": estimator,
         "objective": objective,
         "train": {
@@ -284,8 +332,15 @@ def run(problem: Problem, method: str, objective: dict[str, Any], estimator: dic
         "entropy_ref": tracker.ref_entropy, "ess": statistics.mean(m["ess"] for m in tail) if tail else math.nan,
         "frac_groups_identical": statistics.mean(m.get("frac_groups_identical", 0.0) for m in tail) if tail else 0.0,
         "collapsed": final["kl"] > tracker.kl_ref or final["entropy"] < 0.5 * tracker.target_entropy,
-        "curve": tracker.curve, "problem_spec": asdict(problem),
+        "curve": tracker.curve, "problem_spec": problem_spec(problem),
     }
+
+
+def problem_spec(problem: Problem) -> dict[str, Any]:
+    spec = asdict(problem)
+    if problem.block_size is None:  # bidirectional problems keep the spec they always had
+        del spec["block_size"]
+    return spec
 
 
 def run_all(jobs: Sequence[tuple], processes: int) -> list[dict[str, Any]]:
