@@ -41,7 +41,7 @@ def test_recipe_validates_with_block_diffusion_settings(path):
     assert list(model.lora.target_modules) == list(LLaDA2Policy.default_lora_targets)
     assert config.train.bf16 and config.train.gradient_checkpointing
     assert sampler.name == "block_diffusion"
-    assert sampler.cache == "none" and not getattr(LLaDA2Policy, "supports_block_cache", False)
+    assert sampler.cache == "exact" and LLaDA2Policy.supports_block_cache  # committed blocks cached exactly
     assert sampler.block_length in (None, DEFAULT_BLOCK_SIZE)
     assert estimator.name == "block_elbo" and estimator.block_size == DEFAULT_BLOCK_SIZE
     # the training settings of the LLaDA-8B counterpart carry over

@@ -41,15 +41,22 @@ token, left padding excluded from the keys, rotary positions counted from the fi
 
 Departures from the published code: attention dropout is not applied (the published configs set
 0.0 anyway); routing/expert sums run in float32 in a different order (float32 rounding only); no
-key/value cache (the cache paths would need the block-causal mask of a spliced canvas) and
-``output_router_logits``/aux-loss are not produced; ``router_load()`` reports the last forward's
-per-expert token counts instead.
+generic key/value cache (``forward_cache`` / ``forward_window`` raise: the `fast` sampler's column
+blocks need not be the model's) and ``output_router_logits``/aux-loss are not produced;
+``router_load()`` reports the last forward's per-expert token counts instead.
+
+**Exact cache of committed blocks.** Under block-causal attention the keys/values of a finished
+block never change, so caching them is exact: ``supports_block_cache``, ``forward_block_cache`` /
+``forward_block_window`` (the contract of ``ddrl.models.tiny``'s, used by the `block_diffusion`
+sampler) keep every layer's rotated keys/values ``[B, num_key_value_heads, T, head_dim]`` (before
+the grouped-query repeat); the MoE layers hold no state.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -60,7 +67,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ddrl.models.cache import KVCache
+from ddrl.models.cache import KVCache, splice
 from ddrl.models.head import target_logprobs
 from ddrl.models.hf import (
     CONFIG_FILE,
@@ -214,13 +221,19 @@ class LLaDA2Attention(nn.Module):
         self.dense = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=config.use_bias)
         self.is_causal = False
 
-    def forward(self, x: Tensor, mask: Tensor | None, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, cos_sin: tuple[Tensor, Tensor],
+                kv_hook: KVHook | None = None) -> Tensor:
+        """``x [B, S, D]`` -> ``[B, S, D]``; ``kv_hook`` maps this window's rotated keys/values
+        ``[B, H_kv, S, hd]`` to the ones attended to (``[B, H_kv, T, hd]``, a cache spliced in);
+        ``mask [B, 1, S, T]`` (True = may attend)."""
         b, t, _ = x.shape
         qkv = self.query_key_value(x).view(b, t, self.heads + 2 * self.kv_heads, self.head_dim).transpose(1, 2)
         q, k, v = qkv.split([self.heads, self.kv_heads, self.kv_heads], dim=1)
         q, k = self.query_layernorm(q), self.key_layernorm(k)
         cos, sin = cos_sin
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        if kv_hook is not None:
+            k, v = kv_hook(k, v)
         groups = self.heads // self.kv_heads
         if groups > 1:
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
@@ -232,6 +245,9 @@ class LLaDA2Attention(nn.Module):
                 scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
             out = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) @ v
         return self.dense(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+
+KVHook = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # window keys/values -> attended ones
 
 
 class LLaDA2MLP(nn.Module):
@@ -313,8 +329,9 @@ class LLaDA2Layer(nn.Module):
         self.input_layernorm = _rms_norm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = _rms_norm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x: Tensor, mask: Tensor | None, cos_sin: tuple[Tensor, Tensor]) -> Tensor:
-        x = x + self.attention(self.input_layernorm(x), mask, cos_sin)
+    def forward(self, x: Tensor, mask: Tensor | None, cos_sin: tuple[Tensor, Tensor],
+                kv_hook: KVHook | None = None) -> Tensor:
+        x = x + self.attention(self.input_layernorm(x), mask, cos_sin, kv_hook)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -377,7 +394,7 @@ class LLaDA2Policy(HFDiffusionPolicy):
     Config = LLaDA2Config
     architecture = "LLaDA2"
     example_repo = "inclusionAI/LLaDA2.0-mini"
-    supports_kv_cache: ClassVar[bool] = False  # block-causal attention: see the module docstring
+    supports_kv_cache: ClassVar[bool] = False  # block-causal: the block cache below instead (module docstring)
     default_lora_targets: ClassVar[tuple[str, ...]] = ("query_key_value", "dense")
     # add ("gate_proj", "up_proj", "down_proj") to model.lora.target_modules for the experts (and
     # the dense/shared MLPs); the router (mlp.gate) is never a LoRA target
@@ -432,17 +449,21 @@ class LLaDA2Policy(HFDiffusionPolicy):
         return positions, allowed[:, None]
 
     def _hidden(self, input_ids: Tensor, positions: Tensor, key_mask: Tensor | None, cache: Any,
-                first: Tensor | None) -> Tensor:
+                first: Tensor | None, hooks: list[KVHook] | None = None) -> Tensor:
+        """``[B, S, D]`` normalised hidden states; ``hooks`` (one per layer) splice/record keys/values."""
         if cache is not None:
-            raise NotImplementedError("llada2 has no key/value cache paths")
+            raise NotImplementedError("llada2 has no generic key/value cache paths")
         base = self.model
+        if hooks is not None and len(hooks) != len(base.layers):
+            raise ValueError(f"{len(hooks)} key/value hooks for {len(base.layers)} layers")
         x = base.embed_tokens(input_ids)
         cos_sin = self._rotary(x, positions)
-        for layer in base.layers:
-            if base.gradient_checkpointing and self.training and torch.is_grad_enabled():
+        for i, layer in enumerate(base.layers):
+            hook = None if hooks is None else hooks[i]
+            if hook is None and base.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, key_mask, cos_sin, use_reentrant=False)
             else:
-                x = layer(x, key_mask, cos_sin)
+                x = layer(x, key_mask, cos_sin, hook)
         return base.norm(x)
 
     def forward(
@@ -465,7 +486,59 @@ class LLaDA2Policy(HFDiffusionPolicy):
 
     def forward_window(self, window_ids: Tensor, start: int, cache: KVCache,
                        attention_mask: Tensor | None = None) -> Tensor:
-        raise NotImplementedError("llada2 has no key/value cache paths")
+        raise NotImplementedError(
+            "llada2 has no generic key/value cache paths: decode it with sampler.cache: none, or with the "
+            "block_diffusion sampler (forward_block_cache / forward_block_window)"
+        )
+
+    # the exact cache of committed blocks (the `block_diffusion` sampler; ddrl.models.tiny's contract)
+    supports_block_cache: ClassVar[bool] = True  # block-causal: finished blocks' keys/values never change
+
+    def forward_block_cache(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, KVCache]:
+        """Raw logits ``[B, T, V]`` (equal to ``forward``'s) and every layer's rotated keys/values
+        ``[B, H_kv, T, head_dim]``, block-causal."""
+        b, t = input_ids.shape
+        positions, mask = self.block_mask(attention_mask, b, t, input_ids.device)
+        cache = KVCache([], [])
+
+        def keep(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+            cache.keys.append(k)
+            cache.values.append(v)
+            return k, v
+
+        hooks: list[KVHook] = [keep] * len(self.model.layers)
+        return self.lm_head(self._hidden(input_ids, positions, mask, None, None, hooks)), cache
+
+    def forward_block_window(
+        self, window_ids: Tensor, start: int, cache: KVCache, attention_mask: Tensor | None = None
+    ) -> tuple[Tensor, KVCache]:
+        """Raw logits ``[B, S, V]`` of canvas columns ``[start, start+S)`` against a prefix ``cache`` of
+        columns ``[0, start)`` (``attention_mask`` covers ``[0, start+S)``, the canvas the window ends),
+        and the keys/values of columns ``[0, start+S)`` (``.truncate`` keeps the committed ones)."""
+        b, s = window_ids.shape
+        if cache.length != start:
+            raise ValueError(f"forward_block_window takes a prefix cache of {start} columns, got {cache.length}")
+        if len(cache.keys) != len(self.model.layers):
+            raise ValueError(f"the cache holds {len(cache.keys)} layers, the model has {len(self.model.layers)}")
+        t = start + s
+        if attention_mask is not None and attention_mask.shape[1] != t:
+            raise ValueError(f"attention_mask covers {attention_mask.shape[1]} positions but the cache and "
+                             f"window describe a canvas of {t} (the window must run to the canvas end)")
+        positions, mask = self.block_mask(attention_mask, b, t, window_ids.device)
+        positions, mask = positions[:, start:], mask[:, :, start:]  # the window's phases and query rows
+        attended = KVCache([], [])
+
+        def splicer(k_cached: Tensor, v_cached: Tensor) -> KVHook:
+            def hook(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+                k, v = splice(k_cached, k, start), splice(v_cached, v, start)
+                attended.keys.append(k)
+                attended.values.append(v)
+                return k, v
+
+            return hook
+
+        hooks = [splicer(k, v) for k, v in zip(cache.keys, cache.values)]
+        return self.lm_head(self._hidden(window_ids, positions, mask, None, None, hooks)), attended
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Recompute each decoder layer in the backward pass."""

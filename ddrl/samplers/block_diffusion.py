@@ -11,8 +11,9 @@ size: it shares its block with the prompt's last tokens). Inside a round, each s
 2. draws a candidate at every completion position (argmax at temperature 0, else float64 Gumbel-max
    from the generator) and takes its untempered probability as the confidence;
 3. reveals, per row, every masked position of the row's block whose confidence reaches
-   ``threshold``, and at least the ``min_tokens_per_step`` most confident ones (LLaDA2's
-   ``threshold`` / ``minimal_topk``);
+   ``threshold``, and at least the ``min_tokens_per_step`` most confident ones (with
+   ``steps_per_block``: at least the published ``generate``'s ``steps`` schedule entry of the
+   row's step in the block instead);
 4. optionally (LLaDA2.1's token editing, ``editing_threshold``) replaces already revealed tokens of
    the current block whose candidate differs and is at least that confident; once a row's block has
    no mask, it keeps editing for at most ``max_post_steps`` steps, and stops at the first step that
@@ -49,6 +50,13 @@ from ddrl.samplers.base import SampleOutput, Sampler, SamplerConfig, check_promp
 from ddrl.samplers.schedule import candidates, top_per_row
 
 
+def num_transfer_tokens_list(block_length: int, steps: int) -> list[int]:
+    """The published LLaDA2 ``generate``'s per-step minimum: ``block_length`` split evenly over
+    ``steps``, the remainder on the first steps (e.g. 8 over 3 -> [3, 3, 2]; zeros past 8 steps)."""
+    base, remainder = divmod(block_length, steps)
+    return [base + (i < remainder) for i in range(steps)]
+
+
 class BlockDiffusionSamplerConfig(SamplerConfig):
     model_config = ConfigDict(extra="forbid")
 
@@ -60,6 +68,14 @@ class BlockDiffusionSamplerConfig(SamplerConfig):
     )
     threshold: float = Field(0.95, ge=0, le=1, description="reveal every masked block token this confident")
     min_tokens_per_step: int = Field(1, ge=1, description="and at least this many (the most confident)")
+    steps_per_block: int | None = Field(
+        None, ge=1, description="published LLaDA2 generate()'s `steps`: at a block's step s reveal at least entry s "
+        "of block_length split evenly over these steps (remainder first) instead of min_tokens_per_step; null = off"
+    )
+    whole_last_block: bool = Field(
+        False, description="published LLaDA2 generate(): the canvas runs to the end of the block holding the last "
+        "completion position; the positions past max_completion_length are decoded with that block, then dropped"
+    )
     editing_threshold: float | None = Field(
         None, gt=0, le=1, description="LLaDA2.1 token editing: replace revealed block tokens whose other "
         "candidate is this confident; null = off"
@@ -123,18 +139,24 @@ class BlockDiffusionSampler(Sampler):
         b, p = prompt_ids.shape
         n = cfg.max_completion_length
         device = prompt_ids.device
-        x = torch.cat([prompt_ids, torch.full((b, n), mask_id, dtype=torch.long, device=device)], 1)
-        attn = torch.cat([prompt_mask, torch.ones((b, n), dtype=torch.bool, device=device)], 1)
         real = prompt_mask.long().sum(1)  # (B,) real prompt length
         pad = p - real
         first = real // bs  # the model block of the first completion token
-        cols = torch.arange(n, device=device)
-        round_of = (real[:, None] + cols) // bs - first[:, None]  # (B, L) round k decodes round_of == k
-        masked = torch.ones((b, n), dtype=torch.bool, device=device)
+        # whole_last_block: each row's canvas runs to the end of its last block (width n_c >= n)
+        row_len = (real + n + bs - 1) // bs * bs - real if cfg.whole_last_block else torch.full_like(real, n)
+        n_c = int(row_len.max())
+        x = torch.cat([prompt_ids, torch.full((b, n_c), mask_id, dtype=torch.long, device=device)], 1)
+        attn = torch.cat([prompt_mask, torch.ones((b, n_c), dtype=torch.bool, device=device)], 1)
+        cols = torch.arange(n_c, device=device)
+        round_of = (real[:, None] + cols) // bs - first[:, None]  # (B, n_c) round k decodes round_of == k
+        round_of = torch.where(cols < row_len[:, None], round_of, -1)  # past a row's last block: never decoded
+        min_reveal = (torch.tensor(num_transfer_tokens_list(bs, cfg.steps_per_block), dtype=torch.long, device=device)
+                      if cfg.steps_per_block is not None else None)
+        masked = torch.ones((b, n_c), dtype=torch.bool, device=device)
         finished = torch.zeros(b, dtype=torch.bool, device=device)
-        unmask_step = torch.full((b, n), -1, dtype=torch.long, device=device)
-        token_lp = torch.zeros((b, n), device=device)
-        scorer_lp = [torch.zeros((b, n), device=device) for _ in scorers]
+        unmask_step = torch.full((b, n_c), -1, dtype=torch.long, device=device)
+        token_lp = torch.zeros((b, n_c), device=device)
+        scorer_lp = [torch.zeros((b, n_c), device=device) for _ in scorers]
         row_step = torch.zeros(b, dtype=torch.long, device=device)
         step = nfe = 0
         cache: KVCache | None = None
@@ -144,12 +166,13 @@ class BlockDiffusionSampler(Sampler):
                 continue
             # canvas columns of each row's block k; the window covers them all
             block_lo = pad + (first + k) * bs
-            block_hi = torch.clamp(block_lo + bs, max=p + n)
+            block_hi = torch.clamp(block_lo + bs, max=p + n_c)
             start = int(block_lo[rows].min())
             end = int(block_hi[rows].max())
             a, w = max(start, p) - p, end - p  # completion columns [a, w) are scored
             post = torch.zeros(b, dtype=torch.long, device=device)
             edited = torch.zeros(b, dtype=torch.bool, device=device)
+            round_start = row_step.clone()
             while True:
                 current = (round_of[:, a:w] == k) & ~finished[:, None]  # (B, w - a)
                 still = current & masked[:, a:w]
@@ -162,7 +185,12 @@ class BlockDiffusionSampler(Sampler):
                 logits, cache = self._logits(policy, x, attn, p + a, start, end, cache, use_cache)
                 nfe += 1
                 candidate, confidence = candidates(logits, still, cfg.temperature, "low_confidence", generator)
-                k_row = torch.clamp(still.sum(1), max=cfg.min_tokens_per_step)
+                if min_reveal is None:
+                    k_row = torch.clamp(still.sum(1), max=cfg.min_tokens_per_step)
+                else:  # the published schedule, indexed by the row's step in this block (>= 1 past its end)
+                    s_row = torch.clamp(row_step - round_start, max=min_reveal.numel())
+                    k_min = torch.cat([min_reveal, min_reveal.new_ones(1)]).clamp(min=1)[s_row]
+                    k_row = torch.minimum(still.sum(1), k_min)
                 reveal = (top_per_row(confidence, k_row) | (confidence >= cfg.threshold)) & still
                 change = reveal
                 if cfg.editing_threshold is not None:
@@ -186,8 +214,9 @@ class BlockDiffusionSampler(Sampler):
                 step += 1
                 if early_stop:
                     self._stop_at_eos(x[:, p:], masked, finished, unmask_step, token_lp, scorer_lp, row_step, eos)
-        batch = SequenceBatch.from_parts(prompt_ids, x[:, p:], prompt_mask)
-        return SampleOutput(batch, unmask_step, token_lp, scorer_lp, nfe=nfe, num_steps=step)
+        batch = SequenceBatch.from_parts(prompt_ids, x[:, p : p + n], prompt_mask)
+        return SampleOutput(batch, unmask_step[:, :n], token_lp[:, :n], [lp[:, :n] for lp in scorer_lp], nfe=nfe,
+                            num_steps=step)
 
     # ----------------------------------------------------------------------------------------
     def _logits(
