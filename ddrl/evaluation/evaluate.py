@@ -25,7 +25,7 @@ from pydantic import ValidationError
 
 from ddrl.config import ComponentConfig, ConfigError, EvalConfig, format_validation_error
 from ddrl.generation import generate
-from ddrl.models.base import MaskedDiffusionPolicy
+from ddrl.models.base import MaskedDiffusionPolicy, max_sequence_length
 from ddrl.samplers.base import Sampler
 from ddrl.samplers.block import BlockSampler, BlockSamplerConfig
 from ddrl.tasks.base import Task
@@ -114,26 +114,6 @@ def protocol_sampler(length: int, cfg: EvalConfig, section: Any = None, registry
     return registry.build("samplers", protocol_sampler_config(length, cfg, section, registry))
 
 
-def max_sequence_length(policy: MaskedDiffusionPolicy) -> int | None:
-    """The longest sequence (prompt + completion) the model accepts, when it says: a
-    ``max_sequence_length`` attribute, the tiny model's ``arch.max_seq_len``, or a transformers
-    config's ``max_position_embeddings``; None when it does not say."""
-    candidates = (
-        lambda p: p.max_sequence_length,
-        lambda p: p.arch.max_seq_len,
-        lambda p: p.model.config.max_position_embeddings,
-        lambda p: p.config.max_position_embeddings,
-    )
-    for get in candidates:
-        try:
-            value = get(policy)
-        except AttributeError:
-            continue
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
 def check_lengths_fit(
     policy: MaskedDiffusionPolicy, task: Task, lengths: list[int], cfg: EvalConfig, what: str = "",
     prompts: list[list[int]] | None = None,
@@ -142,7 +122,8 @@ def check_lengths_fit(
     plus the length exceeds the model's maximum sequence length; the message names the lengths, the
     limit and the longest length that fits. Nothing to check for a measured task or a model that
     states no limit."""
-    limit = max_sequence_length(policy)
+    found = max_sequence_length(policy)
+    limit = None if found is None else found[0]
     if limit is None or is_measured(type(task)) or not lengths:
         return
     if prompts is None:

@@ -217,3 +217,24 @@ def suppress_token(logits: Tensor, token_id: int) -> Tensor:
     exp() underflows to exactly 0, yet 0 * logit stays 0 (entropies remain finite)."""
     index = torch.tensor([token_id], device=logits.device)
     return logits.index_fill(-1, index, torch.finfo(logits.dtype).min)
+
+
+def max_sequence_length(policy: MaskedDiffusionPolicy) -> tuple[int, str] | None:
+    """The longest sequence (prompt + completion) the model accepts and the setting that says so, or
+    None when the model states no limit."""
+    source = getattr(policy, "source_dir", None)
+    where = f"{source}/config.json" if source is not None else "the model's config"
+    candidates = (
+        (lambda p: p.max_sequence_length, "the model's max_sequence_length"),
+        (lambda p: p.arch.max_seq_len, "model.architecture.max_seq_len, or max_seq_len in the config.json of model.path"),
+        (lambda p: p.model.config.max_position_embeddings, f"max_position_embeddings / max_sequence_length in {where}"),
+        (lambda p: p.config.max_position_embeddings, f"max_position_embeddings in {where}"),
+    )
+    for get, name in candidates:
+        try:
+            value = get(policy)
+        except AttributeError:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, name
+    return None

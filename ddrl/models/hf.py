@@ -98,17 +98,26 @@ def resolve_checkpoint_dir(path: str | Path, example_repo: str) -> Path:
     if candidate.is_dir():
         return candidate
     text = str(path)
-    if text.count("/") == 1 and not candidate.exists():
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(text, local_files_only=True))
-        except Exception:  # noqa: BLE001 - not in the cache: fall through to the message below
-            pass
+    cached = cached_snapshot(text)
+    if cached is not None:
+        return cached
     raise FileNotFoundError(
         f"model directory {text} does not exist. ddrl loads local checkpoints only: download one first, "
         f"e.g. `huggingface-cli download {example_repo} --local-dir DIR`, then pass --model-path DIR"
     )
+
+
+def cached_snapshot(text: str) -> Path | None:
+    """The Hugging Face cache's snapshot of repo id ``text`` (``owner/name``) if it is already
+    downloaded, else None; never a network access."""
+    if text.count("/") != 1 or Path(text).expanduser().exists():
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (or no huggingface_hub)
+        return None
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -301,13 +310,9 @@ def resolve_tokenizer_dir(path: str | Path) -> Path:
     if candidate.is_dir():
         return candidate
     text = str(path)
-    if text.count("/") == 1 and not candidate.exists():
-        try:
-            from huggingface_hub import snapshot_download
-
-            return Path(snapshot_download(text, local_files_only=True))
-        except Exception:  # noqa: BLE001 - not in the cache: fall through to the message below
-            pass
+    cached = cached_snapshot(text)
+    if cached is not None:
+        return cached
     raise FileNotFoundError(
         f"tokenizer path {text} (model.tokenizer) does not exist: give the directory that holds the tokenizer "
         f"files ({', '.join(TOKENIZER_MARKERS)})"

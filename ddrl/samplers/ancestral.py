@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ddrl.batch import SequenceBatch
 from ddrl.models.base import MaskedDiffusionPolicy
-from ddrl.samplers.base import Sampler, SampleOutput, SamplerConfig, check_prompts, gumbel_argmax
+from ddrl.samplers.base import Sampler, SampleOutput, SamplerConfig, check_prompts, empty_records, gumbel_argmax, masked_canvas
 
 
 class AncestralSamplerConfig(SamplerConfig):
@@ -66,13 +66,8 @@ class AncestralSampler(Sampler):
         block = cfg.block_length or n
         device = prompt_ids.device
         rows = torch.arange(b, device=device)
-        x = torch.cat(
-            [prompt_ids, torch.full((b, n), policy.mask_token_id, dtype=torch.long, device=device)], 1
-        )
-        attn = torch.cat([prompt_mask, torch.ones((b, n), dtype=torch.bool, device=device)], 1)
-        unmask_step = torch.empty((b, n), dtype=torch.long, device=device)
-        token_lp = torch.zeros((b, n), device=device)
-        scorer_lp = [torch.zeros((b, n), device=device) for _ in scorers]
+        x, attn = masked_canvas(prompt_ids, prompt_mask, n, policy.mask_token_id)
+        unmask_step, token_lp, scorer_lp = empty_records(b, n, len(scorers), device)
 
         step = 0
         for start in range(0, n, block):

@@ -143,3 +143,19 @@ def check_prompts(prompt_ids: Tensor, prompt_mask: Tensor | None, mask_id: int) 
     if bool((prompt_ids[prompt_mask] == mask_id).any()):
         raise ValueError("a prompt contains the mask token; prompts must be fully revealed")
     return prompt_mask
+
+
+def masked_canvas(prompt_ids: Tensor, prompt_mask: Tensor, n: int, mask_id: int) -> tuple[Tensor, Tensor]:
+    """``x [B, P+n]``: each prompt followed by ``n`` masks, and its attention mask ``[B, P+n]``
+    (the prompt's padding off, every completion position on)."""
+    b, device = prompt_ids.shape[0], prompt_ids.device
+    x = torch.cat([prompt_ids, torch.full((b, n), mask_id, dtype=torch.long, device=device)], 1)
+    attn = torch.cat([prompt_mask, torch.ones((b, n), dtype=torch.bool, device=device)], 1)
+    return x, attn
+
+
+def empty_records(b: int, n: int, num_scorers: int, device: torch.device) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """The records a sampler fills as it reveals ``[B, n]`` positions: ``unmask_step`` (-1 = not yet),
+    ``token_logprobs`` and one ``scorer_logprobs`` tensor per scorer (zeros)."""
+    unmask_step = torch.full((b, n), -1, dtype=torch.long, device=device)
+    return unmask_step, torch.zeros((b, n), device=device), [torch.zeros((b, n), device=device) for _ in range(num_scorers)]

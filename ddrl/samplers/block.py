@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ddrl.batch import SequenceBatch
 from ddrl.models.base import MaskedDiffusionPolicy
-from ddrl.samplers.base import Sampler, SampleOutput, SamplerConfig, check_prompts
+from ddrl.samplers.base import Sampler, SampleOutput, SamplerConfig, check_prompts, empty_records, masked_canvas
 from ddrl.samplers.schedule import candidates, num_transfer_tokens, record_reveal, top_per_row
 
 
@@ -76,12 +76,9 @@ class BlockSampler(Sampler):
         b, p = prompt_ids.shape
         n = cfg.max_completion_length
         device = prompt_ids.device
-        x = torch.cat([prompt_ids, torch.full((b, n), mask_id, dtype=torch.long, device=device)], 1)
-        attn = torch.cat([prompt_mask, torch.ones((b, n), dtype=torch.bool, device=device)], 1)
+        x, attn = masked_canvas(prompt_ids, prompt_mask, n, mask_id)
         masked = torch.ones((b, n), dtype=torch.bool, device=device)  # completion positions
-        unmask_step = torch.full((b, n), -1, dtype=torch.long, device=device)
-        token_lp = torch.zeros((b, n), device=device)
-        scorer_lp = [torch.zeros((b, n), device=device) for _ in scorers]
+        unmask_step, token_lp, scorer_lp = empty_records(b, n, len(scorers), device)
 
         num_blocks = n // cfg.block_length
         steps_per_block = cfg.steps // num_blocks

@@ -46,7 +46,7 @@ from torch import Tensor
 from ddrl.batch import SequenceBatch
 from ddrl.models.base import MaskedDiffusionPolicy, suppress_token
 from ddrl.models.cache import KVCache
-from ddrl.samplers.base import SampleOutput, Sampler, SamplerConfig, check_prompts
+from ddrl.samplers.base import SampleOutput, Sampler, SamplerConfig, check_prompts, empty_records, masked_canvas
 from ddrl.samplers.schedule import candidates, top_per_row
 
 
@@ -145,8 +145,7 @@ class BlockDiffusionSampler(Sampler):
         # whole_last_block: each row's canvas runs to the end of its last block (width n_c >= n)
         row_len = (real + n + bs - 1) // bs * bs - real if cfg.whole_last_block else torch.full_like(real, n)
         n_c = int(row_len.max())
-        x = torch.cat([prompt_ids, torch.full((b, n_c), mask_id, dtype=torch.long, device=device)], 1)
-        attn = torch.cat([prompt_mask, torch.ones((b, n_c), dtype=torch.bool, device=device)], 1)
+        x, attn = masked_canvas(prompt_ids, prompt_mask, n_c, mask_id)
         cols = torch.arange(n_c, device=device)
         round_of = (real[:, None] + cols) // bs - first[:, None]  # (B, n_c) round k decodes round_of == k
         round_of = torch.where(cols < row_len[:, None], round_of, -1)  # past a row's last block: never decoded
@@ -154,9 +153,7 @@ class BlockDiffusionSampler(Sampler):
                       if cfg.steps_per_block is not None else None)
         masked = torch.ones((b, n_c), dtype=torch.bool, device=device)
         finished = torch.zeros(b, dtype=torch.bool, device=device)
-        unmask_step = torch.full((b, n_c), -1, dtype=torch.long, device=device)
-        token_lp = torch.zeros((b, n_c), device=device)
-        scorer_lp = [torch.zeros((b, n_c), device=device) for _ in scorers]
+        unmask_step, token_lp, scorer_lp = empty_records(b, n_c, len(scorers), device)
         row_step = torch.zeros(b, dtype=torch.long, device=device)
         step = nfe = 0
         cache: KVCache | None = None

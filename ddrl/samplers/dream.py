@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ddrl.batch import SequenceBatch
 from ddrl.models.base import MaskedDiffusionPolicy
-from ddrl.samplers.base import SampleOutput, Sampler, SamplerConfig, check_prompts
+from ddrl.samplers.base import SampleOutput, Sampler, SamplerConfig, check_prompts, empty_records, masked_canvas
 from ddrl.samplers.schedule import record_reveal, top_per_row
 
 Alg = Literal["origin", "maskgit_plus", "topk_margin", "entropy"]
@@ -128,12 +128,9 @@ class DreamSampler(Sampler):
         b, p = prompt_ids.shape
         n = cfg.max_completion_length
         device = prompt_ids.device
-        x = torch.cat([prompt_ids, torch.full((b, n), mask_id, dtype=torch.long, device=device)], 1)
-        attn = torch.cat([prompt_mask, torch.ones((b, n), dtype=torch.bool, device=device)], 1)
+        x, attn = masked_canvas(prompt_ids, prompt_mask, n, mask_id)
         masked = torch.ones((b, n), dtype=torch.bool, device=device)
-        unmask_step = torch.full((b, n), -1, dtype=torch.long, device=device)
-        token_lp = torch.zeros((b, n), device=device)
-        scorer_lp = [torch.zeros((b, n), device=device) for _ in scorers]
+        unmask_step, token_lp, scorer_lp = empty_records(b, n, len(scorers), device)
         grid = self.schedule().to(device)
         nfe = 0
         for i in range(cfg.steps):

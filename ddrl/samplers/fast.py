@@ -36,7 +36,7 @@ from ddrl.batch import SequenceBatch
 from ddrl.models.base import MaskedDiffusionPolicy, suppress_token
 from ddrl.models.cache import KVCache
 from ddrl.rows import summed
-from ddrl.samplers.base import Sampler, SampleOutput, check_prompts
+from ddrl.samplers.base import Sampler, SampleOutput, check_prompts, empty_records, masked_canvas
 from ddrl.samplers.block import BlockSamplerConfig
 from ddrl.samplers.schedule import candidates, num_transfer_tokens, record_reveal, top_per_row
 
@@ -127,12 +127,9 @@ class FastSampler(Sampler):
         b, p = prompt_ids.shape
         n, width = cfg.max_completion_length, cfg.block_length
         device = prompt_ids.device
-        x = torch.cat([prompt_ids, torch.full((b, n), mask_id, dtype=torch.long, device=device)], 1)
-        attn = torch.cat([prompt_mask, torch.ones((b, n), dtype=torch.bool, device=device)], 1)
+        x, attn = masked_canvas(prompt_ids, prompt_mask, n, mask_id)
         masked = torch.ones((b, n), dtype=torch.bool, device=device)  # completion positions
-        unmask_step = torch.full((b, n), -1, dtype=torch.long, device=device)
-        token_lp = torch.zeros((b, n), device=device)
-        scorer_lp = [torch.zeros((b, n), device=device) for _ in scorers]
+        unmask_step, token_lp, scorer_lp = empty_records(b, n, len(scorers), device)
         guided = 2 if cfg.cfg_scale > 0 else 1
         steps_per_block = cfg.steps // (n // width)
         row_step = torch.zeros((b, 1), dtype=torch.long, device=device)  # steps each row took part in

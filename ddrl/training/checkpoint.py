@@ -53,6 +53,13 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     policy.save_resumable(tmp / "policy")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    _complete(run_dir, tmp, final, step, state, keep)
+    return final
+
+
+def _complete(run_dir: Path, tmp: Path, final: Path, step: int, state: dict[str, Any], keep: int | None) -> None:
+    """Write the RNG and trainer state into ``tmp``, rename it to ``final`` (replacing an older one),
+    and keep only the ``keep`` newest checkpoints."""
     save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     payload = {"step": step, "python_random": _jsonable(random.getstate()), **state}
     (tmp / "trainer_state.json").write_text(json.dumps(payload, indent=1) + "\n")
@@ -62,7 +69,6 @@ def save_checkpoint(
     if keep is not None:
         for old in list_checkpoints(run_dir)[:-keep]:
             shutil.rmtree(old)
-    return final
 
 
 def save_sharded_checkpoint(
@@ -86,15 +92,7 @@ def save_sharded_checkpoint(
     sharding.save_sharded(tmp, policy, optimizer)
     barrier()
     if is_main:
-        save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-        payload = {"step": step, "python_random": _jsonable(random.getstate()), "sharded": True, **state}
-        (tmp / "trainer_state.json").write_text(json.dumps(payload, indent=1) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        if keep is not None:
-            for old in list_checkpoints(run_dir)[:-keep]:
-                shutil.rmtree(old)
+        _complete(run_dir, tmp, final, step, {"sharded": True, **state}, keep)
     barrier()
     return final
 

@@ -13,30 +13,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ddrl.errors import ConfigError
+from ddrl.models.base import max_sequence_length
 
 if TYPE_CHECKING:
     from ddrl.models.base import MaskedDiffusionPolicy
     from ddrl.tasks.base import Example, Task
-
-
-def max_sequence_length(policy: MaskedDiffusionPolicy) -> tuple[int, str] | None:
-    """The longest sequence (prompt + completion) the model accepts and the setting that says so, or
-    None when the model states no limit."""
-    source = getattr(policy, "source_dir", None)
-    where = f"{source}/config.json" if source is not None else "the model's config"
-    candidates = (
-        (lambda p: p.max_sequence_length, "the model's max_sequence_length"),
-        (lambda p: p.arch.max_seq_len, "model.architecture.max_seq_len, or max_seq_len in the config.json of model.path"),
-        (lambda p: p.model.config.max_position_embeddings, f"max_position_embeddings / max_sequence_length in {where}"),
-    )
-    for get, name in candidates:
-        try:
-            value = get(policy)
-        except AttributeError:
-            continue
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value, name
-    return None
 
 
 def _longest(policy: MaskedDiffusionPolicy, task: Task, examples: Sequence[Example],
