@@ -115,6 +115,24 @@ def test_router_load_counts_each_tokens_experts(checkpoint):
         assert counts.shape == (8,) and int(counts.sum()) == ids.numel() * 3  # 3 experts per token
 
 
+def test_router_balance_is_summed_over_forwards_and_reset_when_taken(checkpoint):
+    policy = load(checkpoint).eval()
+    ids = reference_inputs()["ids"]
+    with torch.no_grad():
+        policy(ids)
+        first = {i: c.clone() for i, c in policy.router_load().items()}
+        policy(ids[:, :5])
+        second = policy.router_load()
+    loads = torch.stack([(first[i] + second[i]).double() for i in sorted(first)])  # [MoE layers, experts]
+    mean = loads.mean(-1)
+    got = policy.auxiliary_metrics()
+    assert got["router_load_cv"] == pytest.approx(float((loads.std(-1, unbiased=False) / mean).mean()))
+    assert got["router_load_max"] == pytest.approx(float((loads.max(-1).values / mean).mean()))
+    assert got["router_experts_unused"] == pytest.approx(float((loads == 0).double().mean()))
+    assert got["router_load_cv"] > 0  # random routing is not perfectly balanced
+    assert policy.auxiliary_metrics() == {}  # taken: nothing since
+
+
 def test_conformance_kit(checkpoint):
     from ddrl.testing.conformance import check_model
 
@@ -181,6 +199,8 @@ def test_ddrl_train_with_lora_runs_two_steps(checkpoint, tmp_path):
     ], env=CLI_ENV)
     assert result.exit_code == 0, result.output
     assert "done: 2 steps" in result.output
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= s["router_experts_unused"] <= 1 and s["router_load_max"] >= 1 for s in steps if "loss" in s)
     trained = LLaDA2Policy.from_pretrained(run / "final", token_only=True)
     base = LLaDA2Policy.from_pretrained(checkpoint, token_only=True)
     for name, p in base.state_dict().items():

@@ -136,6 +136,12 @@ class MaskedDiffusionPolicy(nn.Module, ABC):
         none, the whole policy is one unit (correct, but gathers everything at once)."""
         return []
 
+    def auxiliary_metrics(self) -> dict[str, float]:
+        """Statistics the model gathered in its forwards since the last call (e.g. a mixture of
+        experts' router balance), returned and reset; the trainer logs them with every step.
+        None by default."""
+        return {}
+
     def frozen_reference(self) -> MaskedDiffusionPolicy:
         """The reference pi_ref of a run that starts from this policy: its current weights, frozen
         (eval mode, no gradients). A copy by default; a policy that can serve them without one

@@ -43,7 +43,8 @@ Departures from the published code: attention dropout is not applied (the publis
 0.0 anyway); routing/expert sums run in float32 in a different order (float32 rounding only); no
 generic key/value cache (``forward_cache`` / ``forward_window`` raise: the `fast` sampler's column
 blocks need not be the model's) and ``output_router_logits``/aux-loss are not produced;
-``router_load()`` reports the last forward's per-expert token counts instead.
+``router_load()`` reports the last forward's per-expert token counts instead, and
+``auxiliary_metrics()`` the balance since the last training step (logged by the trainer).
 
 **Exact cache of committed blocks.** Under block-causal attention the keys/values of a finished
 block never change, so caching them is exact: ``supports_block_cache``, ``forward_block_cache`` /
@@ -301,18 +302,29 @@ class LLaDA2MoE(nn.Module):
         self.shared_experts = (LLaDA2MLP(config.hidden_size, inner * config.num_shared_experts)
                                if config.num_shared_experts else None)
         self.last_load: Tensor | None = None  # tokens routed to each expert in the last forward
+        self.load_since: Tensor | None = None  # ... summed over the forwards since ``take_load()``
 
     def forward(self, x: Tensor) -> Tensor:
         b, t, d = x.shape
         flat = x.reshape(-1, d)
-        chosen, weights = self.gate(flat)
-        self.last_load = torch.bincount(chosen.reshape(-1).detach(), minlength=len(self.experts)).cpu()
+        chosen, weights = self.gate(flat)  # [N, k] expert ids and their weights
+        choice = chosen.reshape(-1).detach()
+        counts = torch.bincount(choice, minlength=len(self.experts)).tolist()  # one host sync per layer
+        self.last_load = torch.tensor(counts, dtype=torch.long)
+        self.load_since = self.last_load if self.load_since is None else self.load_since + self.last_load
+        # the (token, slot) pairs grouped by expert, in token order inside each expert (a stable sort):
+        # the same additions in the same order as one pass per expert, without E scans of ``chosen``
+        grouped = torch.argsort(choice, stable=True)
+        top_k = chosen.shape[1]
+        rows_by_expert, slots_by_expert = grouped // top_k, grouped % top_k
         out = torch.zeros(flat.shape, dtype=torch.float32, device=x.device)
-        for e, expert in enumerate(self.experts):
-            rows, slot = (chosen == e).nonzero(as_tuple=True)
-            if rows.numel() == 0:
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
                 continue
-            y = expert(flat[rows]).float() * weights[rows, slot, None]
+            rows, slot = rows_by_expert[start:start + n], slots_by_expert[start:start + n]
+            start += n
+            y = self.experts[e](flat[rows]).float() * weights[rows, slot, None]
             out = out.index_add(0, rows, y)
         out = out.to(x.dtype).view(b, t, d)
         if self.shared_experts is not None:
@@ -426,6 +438,27 @@ class LLaDA2Policy(HFDiffusionPolicy):
     def block_size(self) -> int:
         """The block-diffusion block size (what ``estimator: block_elbo`` must use)."""
         return int(self.published_config.get("block_size") or DEFAULT_BLOCK_SIZE)
+
+    def auxiliary_metrics(self) -> dict[str, float]:
+        """Router balance over every forward since the last call (rollouts, scoring and the loss;
+        recomputed forwards under gradient checkpointing count twice), averaged over the MoE layers:
+        ``router_load_cv`` (std / mean of the tokens per expert; 0 = perfectly balanced),
+        ``router_load_max`` (the busiest expert's share relative to the mean) and
+        ``router_experts_unused`` (share of experts that received no token). Resets the counts."""
+        loads = []
+        for layer in self.model.layers:
+            if isinstance(layer.mlp, LLaDA2MoE) and layer.mlp.load_since is not None:
+                loads.append(layer.mlp.load_since.double())
+                layer.mlp.load_since = None
+        if not loads:
+            return {}
+        load = torch.stack(loads)  # [layers, experts]
+        mean = load.mean(-1).clamp(min=1e-12)
+        return {
+            "router_load_cv": (load.std(-1, unbiased=False) / mean).mean().item(),
+            "router_load_max": (load.max(-1).values / mean).mean().item(),
+            "router_experts_unused": (load == 0).double().mean().item(),
+        }
 
     def router_load(self) -> dict[int, Tensor]:
         """Per MoE layer (by index), the number of (token, slot) routings each expert received in

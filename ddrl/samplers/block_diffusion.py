@@ -9,17 +9,21 @@ size: it shares its block with the prompt's last tokens). Inside a round, each s
 1. scores the canvas up to the end of the rows' current blocks (with the cache: only the current
    blocks, against the keys/values of the finished blocks);
 2. draws a candidate at every completion position (argmax at temperature 0, else float64 Gumbel-max
-   from the generator) and takes its untempered probability as the confidence;
-3. reveals, per row, every masked position of the row's block whose confidence reaches
-   ``threshold``, and at least the ``min_tokens_per_step`` most confident ones (with
+   from the generator; never the mask token) and takes as its confidence its untempered probability
+   under the softmax with the mask token included (as the published LLaDA2.0 / 2.1 ``generate`` do);
+3. reveals, per row, every masked position of the row's block whose confidence exceeds
+   ``threshold`` (strictly, as the published ``generate``), and at least the ``min_tokens_per_step`` most confident ones (with
    ``steps_per_block``: at least the published ``generate``'s ``steps`` schedule entry of the
    row's step in the block instead);
 4. optionally (LLaDA2.1's token editing, ``editing_threshold``) replaces already revealed tokens of
-   the current block whose candidate differs and is at least that confident; once a row's block has
-   no mask, it keeps editing for at most ``max_post_steps`` steps, and stops at the first step that
-   changes nothing;
+   the current block whose candidate differs and is more confident than that; the step that reveals
+   a row's last mask of the block is always followed by mask-free steps (at most ``max_post_steps``),
+   and the block ends at the first mask-free step that changes nothing (as the published LLaDA2.1
+   ``generate``);
 5. with ``eos_early_stop``, a row whose completion holds an EOS with no mask before it is finished:
    every position after that EOS becomes EOS (log-prob 0, revealed at that step) and the row is frozen.
+   Without editing this is checked after every step (LLaDA2.0), with editing once the row's block is
+   decoded and edited (LLaDA2.1: edits may still remove an EOS inside the block).
 
 **Exact cache.** Under block-causal attention the keys/values of a finished block never change
 (later blocks are not attended to), so they are kept and never recomputed: the first step of a
@@ -66,7 +70,7 @@ class BlockDiffusionSamplerConfig(SamplerConfig):
     block_length: int | None = Field(
         None, ge=1, description="null = the model's block_size; a bidirectional model needs one (no cache then)"
     )
-    threshold: float = Field(0.95, ge=0, le=1, description="reveal every masked block token this confident")
+    threshold: float = Field(0.95, ge=0, le=1, description="reveal every masked block token more confident than this")
     min_tokens_per_step: int = Field(1, ge=1, description="and at least this many (the most confident)")
     steps_per_block: int | None = Field(
         None, ge=1, description="published LLaDA2 generate()'s `steps`: at a block's step s reveal at least entry s "
@@ -78,10 +82,16 @@ class BlockDiffusionSamplerConfig(SamplerConfig):
     )
     editing_threshold: float | None = Field(
         None, gt=0, le=1, description="LLaDA2.1 token editing: replace revealed block tokens whose other "
-        "candidate is this confident; null = off"
+        "candidate is more confident than this; null = off"
     )
-    max_post_steps: int = Field(16, ge=0, description="editing steps allowed after a block has no mask")
-    eos_early_stop: bool = Field(True, description="finish a row at a committed EOS, the rest filled with EOS")
+    max_post_steps: int = Field(
+        16, ge=0, description="editing: mask-free steps allowed after the step that reveals a block's last mask "
+        "(the block ends at the first one that changes nothing)"
+    )
+    eos_early_stop: bool = Field(
+        True, description="finish a row at a committed EOS with no mask before it, the rest filled with EOS "
+        "(with editing: checked once the row's block is decoded and edited)"
+    )
     eos_token_id: int | None = Field(None, description="null = the policy's")
     cache: Literal["auto", "exact", "none"] = Field(
         "auto", description="exact: keep finished blocks' keys/values (needs a block-causal policy with "
@@ -135,6 +145,7 @@ class BlockDiffusionSampler(Sampler):
         mask_id = policy.mask_token_id
         eos = cfg.eos_token_id if cfg.eos_token_id is not None else policy.eos_token_id
         early_stop = cfg.eos_early_stop and eos is not None
+        editing = cfg.editing_threshold is not None
         prompt_mask = check_prompts(prompt_ids, prompt_mask, mask_id)
         b, p = prompt_ids.shape
         n = cfg.max_completion_length
@@ -174,28 +185,35 @@ class BlockDiffusionSampler(Sampler):
                 current = (round_of[:, a:w] == k) & ~finished[:, None]  # (B, w - a)
                 still = current & masked[:, a:w]
                 has_mask = still.any(1)
+                # editing: a row keeps stepping while its block has a mask, then for at most max_post_steps
+                # mask-free steps, until one of them changes nothing (`edited` is True after a step that began
+                # with a mask, so the step that reveals the block's last mask is always followed by one)
                 may_edit = current.any(1) & (has_mask | (edited & (post < cfg.max_post_steps)))
-                if cfg.editing_threshold is None:
+                if not editing:
                     may_edit = torch.zeros_like(may_edit)
                 if not bool((has_mask | may_edit).any()):
                     break
-                logits, cache = self._logits(policy, x, attn, p + a, start, end, cache, use_cache)
+                scores, cache = self._logits(policy, x, attn, p + a, start, end, cache, use_cache)
                 nfe += 1
-                candidate, confidence = candidates(logits, still, cfg.temperature, "low_confidence", generator)
+                # candidates and records: the mask token suppressed (it is never drawn); the confidence, as
+                # in the published generate: the candidate's probability with the mask token in the softmax
+                logits = suppress_token(scores, mask_id)
+                candidate, _ = candidates(logits, still, cfg.temperature, "low_confidence", generator)
+                prob = F.softmax(scores.double(), dim=-1).gather(-1, candidate[..., None]).squeeze(-1)
+                confidence = torch.where(still, prob, -torch.inf)
                 if min_reveal is None:
                     k_row = torch.clamp(still.sum(1), max=cfg.min_tokens_per_step)
                 else:  # the published schedule, indexed by the row's step in this block (>= 1 past its end)
                     s_row = torch.clamp(row_step - round_start, max=min_reveal.numel())
                     k_min = torch.cat([min_reveal, min_reveal.new_ones(1)]).clamp(min=1)[s_row]
                     k_row = torch.minimum(still.sum(1), k_min)
-                reveal = (top_per_row(confidence, k_row) | (confidence >= cfg.threshold)) & still
+                reveal = (top_per_row(confidence, k_row) | (confidence > cfg.threshold)) & still
                 change = reveal
-                if cfg.editing_threshold is not None:
-                    prob = F.softmax(logits.double(), dim=-1).gather(-1, candidate[..., None]).squeeze(-1)
-                    edit = (current & ~masked[:, a:w] & (candidate != x[:, p + a : end]) & (prob >= cfg.editing_threshold)
+                if editing:
+                    edit = (current & ~masked[:, a:w] & (candidate != x[:, p + a : end]) & (prob > cfg.editing_threshold)
                             & may_edit[:, None])
                     post += (may_edit & ~has_mask).long()
-                    edited = edit.any(1)
+                    edited = edit.any(1) | has_mask
                     change = reveal | edit
                 lp = F.log_softmax(logits.float(), dim=-1).gather(-1, candidate[..., None]).squeeze(-1)
                 token_lp[:, a:w] = torch.where(change, lp, token_lp[:, a:w])
@@ -209,8 +227,10 @@ class BlockDiffusionSampler(Sampler):
                 masked[:, a:w] &= ~reveal
                 row_step += change.any(1).long()
                 step += 1
-                if early_stop:
+                if early_stop and not editing:
                     self._stop_at_eos(x[:, p:], masked, finished, unmask_step, token_lp, scorer_lp, row_step, eos)
+            if early_stop and editing:  # LLaDA2.1: checked once a row's block is decoded and edited
+                self._stop_at_eos(x[:, p:], masked, finished, unmask_step, token_lp, scorer_lp, row_step, eos)
         batch = SequenceBatch.from_parts(prompt_ids, x[:, p : p + n], prompt_mask)
         return SampleOutput(batch, unmask_step[:, :n], token_lp[:, :n], [lp[:, :n] for lp in scorer_lp], nfe=nfe,
                             num_steps=step)
@@ -220,23 +240,23 @@ class BlockDiffusionSampler(Sampler):
         self, policy: MaskedDiffusionPolicy, x: Tensor, attn: Tensor, lo: int, start: int, end: int,
         cache: KVCache | None, use_cache: bool,
     ) -> tuple[Tensor, KVCache | None]:
-        """Logits ``[B, end-lo, V]`` of canvas columns ``[lo, end)`` (mask suppressed; ``lo >= start``)
-        and the cache of columns ``[0, start)``, which every row has finished (exact under block-causal
-        attention)."""
+        """The model's logits ``[B, end-lo, V]`` of canvas columns ``[lo, end)`` (the mask token not
+        suppressed; ``lo >= start``) and the cache of columns ``[0, start)``, which every row has
+        finished (exact under block-causal attention)."""
         if not use_cache:
-            return policy.logits(x, attn)[:, lo:end], None
+            return policy(x, attn)[:, lo:end], None
         if cache is None:  # the first step: the prompt and the first blocks
-            raw, full = policy.forward_block_cache(x[:, :end], attn[:, :end])  # type: ignore[attr-defined]
-            return suppress_token(raw[:, lo:end], policy.mask_token_id), full.truncate(start)
+            raw_logits, full = policy.forward_block_cache(x[:, :end], attn[:, :end])  # type: ignore[attr-defined]
+            return raw_logits[:, lo:end], full.truncate(start)
         cached = cache.length
         if cached > start:
             raise AssertionError(f"the cache holds {cached} columns but the window starts at {start}")
-        raw, attended = policy.forward_block_window(  # type: ignore[attr-defined]
+        raw_logits, attended = policy.forward_block_window(  # type: ignore[attr-defined]
             x[:, cached:end], cached, cache, attn[:, :end]
         )
         if cached < start:  # a new round: keep the columns every row has finished
             cache = attended.truncate(start)
-        return suppress_token(raw[:, lo - cached :], policy.mask_token_id), cache
+        return raw_logits[:, lo - cached :], cache
 
     @staticmethod
     def _stop_at_eos(

@@ -239,6 +239,7 @@ class Trainer:
                         rollout = self._rollout(step // tc.num_iterations)
                     phase = "update"
                     metrics, ok = self._optimizer_step(rollout, iteration, step)
+                    metrics.update(self.policy.auxiliary_metrics())  # e.g. MoE router balance
                 except torch.OutOfMemoryError as err:
                     raise OutOfMemory(out_of_memory_advice(phase, self.cfg, self.sharded)) from err
                 bad_steps = 0 if ok else bad_steps + 1
