@@ -43,6 +43,7 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 OBJECTIVES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "dmpo": ({"name": "dmpo", "alpha": 0.04}, {"name": "elbo", "num_samples": 4, "mask_scheme": "antithetic"}),  # defaults
+    "dmpo_no_replay": ({"name": "dmpo", "alpha": 0.04, "replay": 1}, {"name": "elbo", "num_samples": 4, "mask_scheme": "antithetic"}),
     "dmpo_no_defensive": ({"name": "dmpo", "alpha": 0.04, "defensive": 0.0}, {"name": "elbo", "num_samples": 4, "mask_scheme": "antithetic"}),
     "dmpo_negative": ({"name": "dmpo", "alpha": 0.04, "preset": "published"}, {"name": "elbo", "num_samples": 4, "mask_scheme": "antithetic"}),
     "diffu_grpo": ({"name": "diffu_grpo"}, {"name": "one_step"}),

@@ -335,11 +335,11 @@ def rank_rollout(rank: int) -> tuple[RolloutBatch, slice]:
 @pytest.mark.parametrize(
     "config",
     [
-        DMPOConfig(alpha=0.5),
-        DMPOConfig(alpha=0.5, baseline="mean", scale_by_std=True),
-        DMPOConfig(alpha=0.2, target_ess=0.7),
+        DMPOConfig(alpha=0.5, replay=1),
+        DMPOConfig(alpha=0.5, baseline="mean", scale_by_std=True, replay=1),
+        DMPOConfig(alpha=0.2, target_ess=0.7, replay=1),
     ],
-    ids=["negative", "mean-std", "adaptive-c"],
+    ids=["none", "mean-std", "adaptive-c"],
 )
 def test_dmpo_normalises_each_group_over_every_process(token_policy, config):
     objective = DMPO(config)

@@ -199,6 +199,14 @@ class Objective(ABC, Generic[S]):
         one (a defensive mixture proposal; ``ddrl.samplers.mixture``). 0: all from the current."""
         return 0.0
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """What the objective carries from one rollout batch to the next (e.g. DMPO's replay pool),
+        as flat CPU tensors: saved with every checkpoint, per process. None by default."""
+        return {}
+
+    def load_state_dict(self, tensors: dict[str, Tensor]) -> None:
+        """Restore ``state_dict()`` on resume."""
+
     @abstractmethod
     def prepare(self, rollout: RolloutBatch, ctx: ObjectiveContext) -> S:
         """Row-local frozen quantities of one chunk (called under ``torch.no_grad()``)."""

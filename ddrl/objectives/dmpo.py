@@ -34,6 +34,7 @@ import torch
 from pydantic import AliasChoices, ConfigDict, Field, model_validator
 from torch import Tensor
 
+from ddrl.batch import SequenceBatch
 from ddrl.config import ConfigError
 from ddrl.estimators.base import MaskedViews, score_views
 from ddrl.estimators.masks import antithetic_masks
@@ -42,6 +43,7 @@ from ddrl.objectives.base import Objective, ObjectiveConfig, ObjectiveContext, O
 from ddrl.objectives.denoising import wdce, wdce_by_parts
 from ddrl.objectives.groups import Groups, group_size, group_softmax, group_std, normalized_ess, per_group
 from ddrl.objectives.path import Reference, path_records, path_scorers, recorded_path
+from ddrl.objectives.replay import PooledBatch, ReplayPool, prompt_keys, resample_rows
 from ddrl.rows import RowState
 
 Baseline = Literal["negative", "mean", "unbiased", "none"]
@@ -51,7 +53,7 @@ Baseline = Literal["negative", "mean", "unbiased", "none"]
 # defaults are the field defaults below.
 PUBLISHED = {
     "proximal": 1.0, "target_ess": None, "baseline": "negative", "baseline_strength": 1.0,
-    "scale_by_std": False, "loss_replicates": 4, "defensive": 0.0, "log_ratio": "estimator",
+    "scale_by_std": False, "loss_replicates": 4, "defensive": 0.0, "log_ratio": "estimator", "replay": 1,
 }
 
 
@@ -88,6 +90,16 @@ class DMPOConfig(ObjectiveConfig):
         description="epsilon: share of each group drawn from the reference; weights against (1-eps) p_old + eps p_ref "
         "(not used with reference=uniform)",
     )
+    replay: int = Field(
+        16, ge=1,
+        description="rollout batches pooled per prompt: the current one and replay-1 earlier ones, each completion "
+        "weighed against the proposal it was drawn from (1 = no replay; docs/dmpo.md)",
+    )
+    replay_rows: Literal["resample", "all"] = Field(
+        "resample",
+        description="resample: each inner iteration draws as many loss rows as one rollout batch has from the pool, "
+        "in proportion to |advantage| (the loss costs what it costs without replay); all: every pooled row",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -108,6 +120,10 @@ class DMPOConfig(ObjectiveConfig):
             if "defensive" in self.model_fields_set:
                 raise ValueError("defensive draws come from the reference policy: set reference=policy or defensive=0")
             self.defensive = 0.0  # the default share needs a reference model to draw from
+        if self.replay > 1 and self.baseline == "unbiased":
+            if "replay" in self.model_fields_set:
+                raise ValueError("baseline unbiased re-estimates log p_theta on the current rollout batch only: set replay=1")
+            self.replay = 1  # the default pool does not apply to the unbiased baseline
         return self
 
 
@@ -125,7 +141,7 @@ def dmpo_weights(
     alpha: float,
     proximal: float = 1.0,
     target_ess: float | None = None,
-    baseline: Baseline = Field("none", description="subtracted from w+: none (plain WDCE), mean, unbiased, negative"),
+    baseline: Baseline = "none",
     strength: float = 1.0,
     scale_by_std: bool = False,
     current_log_ratio: Tensor | None = None,
@@ -205,18 +221,35 @@ class DMPOState(RowState):
             current policy by the ``unbiased`` baseline; None with exact path weights.
         old_logp: ``[B]`` log p_old(o) estimated on ``views`` (None without views).
         advantages: ``[B]`` a, set by ``weigh``.
+        row: ``[B]`` each row's position in the rollout batch (set by ``weigh`` when replaying).
+        replay_advantages: ``[B, P]`` the pooled advantage of the same position in each of the P
+            earlier rollout batches replayed with this one (``objectives.replay``), or None.
     """
 
     log_rnd: Tensor
     views: MaskedViews | None = None
     old_logp: Tensor | None = None
     advantages: Tensor | None = None
+    row: Tensor | None = None
+    replay_advantages: Tensor | None = None
 
 
 class DMPO(Objective[DMPOState]):
     Config = DMPOConfig
     config: DMPOConfig
     preferred_estimator = "elbo"
+
+    def __init__(self, config: DMPOConfig) -> None:
+        super().__init__(config)
+        self.pool = ReplayPool(config.replay)
+        self._replayed: list[PooledBatch] = []  # the pooled batches the current rollout batch's state links to
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The replay pool (this process's rows of the last replay-1 rollout batches)."""
+        return self.pool.state_dict()
+
+    def load_state_dict(self, tensors: dict[str, Tensor]) -> None:
+        self.pool.load_state_dict(tensors)
 
     @property
     def needs_reference(self) -> bool:
@@ -278,7 +311,37 @@ class DMPO(Objective[DMPOState]):
     def weigh(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext) -> Weighed[DMPOState]:
         # iteration 0 of the unbiased baseline: theta == old, log p_theta - log p_old = 0
         current = torch.zeros_like(state.log_rnd) if self.reestimates else None
-        return self._weigh(rollout, state, ctx, current)
+        weighed = self._weigh(rollout, state, ctx, current)
+        if self.config.replay == 1:
+            return weighed
+        return self._weigh_pooled(rollout, weighed, ctx)
+
+    def _weigh_pooled(self, rollout: RolloutBatch, weighed: Weighed[DMPOState], ctx: ObjectiveContext) -> Weighed[DMPOState]:
+        """Weights self-normalised per prompt over this rollout batch and the pooled earlier ones
+        (``objectives.replay``); the batch's own weights give the logged ``ess`` as without replay."""
+        cfg, state = self.config, weighed.state
+        b = len(rollout)
+        keys = prompt_keys(rollout.batch)
+        past = self.pool.fits(b)
+        parts = [PooledBatch(rollout.batch, rollout.rewards, state.log_rnd, keys), *reversed(past)]  # newest first
+        pooled = RolloutBatch(SequenceBatch.cat([p.batch for p in parts]), torch.cat([p.rewards for p in parts]),
+                              torch.cat([p.keys for p in parts]))
+        groups, (log_rnd,) = ctx.groups(pooled, torch.cat([p.log_rnd for p in parts]))
+        w = dmpo_weights(log_rnd, groups.rewards, groups.ids, cfg.alpha, cfg.proximal, cfg.target_ess, cfg.baseline,
+                         cfg.baseline_strength, cfg.scale_by_std)
+        # as much loss weight as the current batch's groups alone would carry (prompts that do not repeat
+        # make more groups in the pool than in one batch)
+        current_groups = ctx.groups(rollout)[0].count
+        advantages = groups.mine(w.advantages) * (current_groups / groups.count)
+        by_batch = advantages.view(len(parts), b)
+        self._replayed = parts[1:]
+        self.pool.push(parts[0])
+        state = replace(state, advantages=by_batch[0].float(), row=torch.arange(b, device=advantages.device),
+                        replay_advantages=by_batch[1:].T.float().contiguous())
+        metrics = {**weighed.metrics, "replay_batches": float(len(past)),
+                   "replay_ess": per_group(w.ess, groups.ids).mean().item(),
+                   "replay_groups": float(groups.count)}
+        return Weighed(state, metrics)
 
     def begin_iteration(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext, iteration: int) -> DMPOState:
         if not self.reestimates or iteration == 0 or state.views is None:
@@ -314,10 +377,27 @@ class DMPO(Objective[DMPOState]):
 
     def loss(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext, iteration: int) -> ObjectiveOutput:
         cfg = self.config
-        batch = ctx.counted(rollout.batch, cfg.mask_after_eos)
+        sequences, advantages = self.loss_rows(rollout, state, ctx)
+        batch = ctx.counted(sequences, cfg.mask_after_eos)
         views = antithetic_masks(batch.completion_mask, cfg.loss_replicates, ctx.generator, cfg.loss_rate_range, "inverse_masked")
         if ctx.loss_micro_batch_size is not None and ctx.backward is not None:
-            loss = wdce_by_parts(ctx.policy, rollout.batch, views, state.advantages, ctx.loss_micro_batch_size, ctx.backward)
+            loss = wdce_by_parts(ctx.policy, sequences, views, advantages, ctx.loss_micro_batch_size, ctx.backward)
             return ObjectiveOutput(loss, {"wdce": loss.item()}, backward_done=True)
-        loss = wdce(score_views(ctx.policy, rollout.batch, views), views.weights, state.advantages)
+        loss = wdce(score_views(ctx.policy, sequences, views), views.weights, advantages)
         return ObjectiveOutput(loss, {"wdce": loss.item()})
+
+    def loss_rows(self, rollout: RolloutBatch, state: DMPOState, ctx: ObjectiveContext) -> tuple[SequenceBatch, Tensor]:
+        """The sequences the loss scores and their advantages: the rollout's rows; with replay, also
+        the same positions of the pooled earlier batches, all of them (``replay_rows: all``) or as
+        many rows as the rollout has, resampled by |advantage| (``resample``)."""
+        if state.replay_advantages is None or state.row is None or not self._replayed:
+            return rollout.batch, state.advantages  # type: ignore[return-value]
+        rows = state.row.cpu()
+        sequences = SequenceBatch.cat([rollout.batch, *(p.batch.index(rows) for p in self._replayed)])
+        advantages = torch.cat([state.advantages, *state.replay_advantages.unbind(1)])  # type: ignore[list-item]
+        if self.config.replay_rows == "all":
+            return sequences, advantages
+        picked, picked_advantages = resample_rows(advantages, len(rollout), ctx.generator)
+        if picked.numel() == 0:  # every advantage 0: a zero loss on the rollout's rows
+            return rollout.batch, torch.zeros_like(state.advantages)  # type: ignore[arg-type]
+        return sequences.index(picked.to(sequences.prompt_ids.device)), picked_advantages.to(advantages)

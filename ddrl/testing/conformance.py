@@ -107,7 +107,12 @@ def check_objective(
     est = _estimator_for(registry, objective, estimator, label)
     smp = _sampler_for(registry, objective, sampler, label)
     policy = text_policy(registry)
+    carried = objective.state_dict()  # what it carries between rollout batches (DMPO's replay pool)
+    _require(all(isinstance(v, torch.Tensor) for v in carried.values()), label, "state_dict() must hold tensors only")
     first = _objective_phases(objective, policy, est, smp, num_iterations, label)
+    after = objective.state_dict()
+    _require(all(isinstance(v, torch.Tensor) for v in after.values()), label, "state_dict() must hold tensors only")
+    objective.load_state_dict(carried)  # the second run starts from the same carried state
     second = _objective_phases(objective, policy, est, smp, num_iterations, label)
     _require(first[0] == second[0], label, f"the same seeds gave different losses: {first[0]} vs {second[0]}")
     same_grads = all(torch.equal(a, b) for a, b in zip(first[1], second[1]))

@@ -44,8 +44,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep: int | None = None,
+    objective: list[dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write the checkpoint of ``step``; keep only the ``keep`` newest ones."""
+    """Write the checkpoint of ``step``; keep only the ``keep`` newest ones. ``objective``: every
+    process's ``Objective.state_dict()`` (rank order), kept in ``objective.safetensors``."""
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
@@ -53,8 +55,32 @@ def save_checkpoint(
     tmp.mkdir(parents=True)
     policy.save_resumable(tmp / "policy")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    _save_objective(tmp, objective)
     _complete(run_dir, tmp, final, step, state, keep)
     return final
+
+
+OBJECTIVE_FILE = "objective.safetensors"
+
+
+def _save_objective(tmp: Path, per_process: list[dict[str, torch.Tensor]] | None) -> None:
+    flat = {f"p{rank}/{name}": t.detach().cpu().contiguous()
+            for rank, tensors in enumerate(per_process or []) for name, t in tensors.items()}
+    if flat:
+        save_file(flat, str(tmp / OBJECTIVE_FILE))
+
+
+def load_objective_state(path: Path, process_index: int) -> dict[str, torch.Tensor] | None:
+    """This process's ``Objective.state_dict()`` from checkpoint ``path``: {} when the checkpoint
+    holds none, None when it holds states of other processes only (written by another number of
+    processes)."""
+    file = Path(path) / OBJECTIVE_FILE
+    if not file.is_file():
+        return {}
+    tensors = load_file(str(file))
+    prefix = f"p{process_index}/"
+    mine = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return mine if mine or not tensors else None
 
 
 def _complete(run_dir: Path, tmp: Path, final: Path, step: int, state: dict[str, Any], keep: int | None) -> None:
@@ -80,6 +106,7 @@ def save_sharded_checkpoint(
     is_main: bool,
     barrier: Callable[[], None],
     keep: int | None = None,
+    objective: list[dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """``save_checkpoint`` for a sharded policy: every process calls it and writes its shards."""
     final = checkpoint_dir(run_dir, step)
@@ -92,6 +119,7 @@ def save_sharded_checkpoint(
     sharding.save_sharded(tmp, policy, optimizer)
     barrier()
     if is_main:
+        _save_objective(tmp, objective)
         _complete(run_dir, tmp, final, step, {"sharded": True, **state}, keep)
     barrier()
     return final

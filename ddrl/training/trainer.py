@@ -28,7 +28,13 @@ from ddrl.objectives.base import Objective, ObjectiveContext, RolloutBatch
 from ddrl.registry import Registry
 from ddrl.training.curves import plot_curves
 from ddrl.training import sharding
-from ddrl.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, save_sharded_checkpoint
+from ddrl.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_objective_state,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from ddrl.training.distributed import TrainedPolicy, make_accelerator, sharding_enabled
 from ddrl.training.logger import MetricsLogger, read_metrics
 from ddrl.training.optim import build_optimizer, set_learning_rate
@@ -311,21 +317,38 @@ class Trainer:
             self.logger.truncate_after(-1)
             return 0
         state = load_checkpoint(path, self.policy, self.optimizer)
+        carried = load_objective_state(path, self.accelerator.process_index)
+        if carried is None:
+            self.console.print(f"[yellow]{path} holds the objective's state (e.g. DMPO's replay pool) of another number "
+                               "of processes: it starts empty[/yellow]")
+        else:
+            self.objective.load_state_dict(carried)
         self.logger.truncate_after(state["step"])
         if self.accelerator.is_main_process:
             self.console.print(f"resumed from {path} at step {state['step']}")
         return int(state["step"])
 
     def _save(self, step: int) -> None:
+        objective = self._objective_states()
         if self.sharded:
             save_sharded_checkpoint(
                 self.run_dir, step, self.policy, self.optimizer, {}, self.accelerator.is_main_process,
-                self.accelerator.wait_for_everyone, keep=self.cfg.train.save_total_limit,
+                self.accelerator.wait_for_everyone, keep=self.cfg.train.save_total_limit, objective=objective,
             )
             return
         if self.accelerator.is_main_process:
-            save_checkpoint(self.run_dir, step, self.policy, self.optimizer, {}, keep=self.cfg.train.save_total_limit)
+            save_checkpoint(self.run_dir, step, self.policy, self.optimizer, {}, keep=self.cfg.train.save_total_limit,
+                            objective=objective)
         self.accelerator.wait_for_everyone()
+
+    def _objective_states(self) -> list[dict[str, torch.Tensor]]:
+        """Every process's ``Objective.state_dict()`` (on CPU), in rank order."""
+        mine = {k: v.detach().cpu() for k, v in self.objective.state_dict().items()}
+        if self.accelerator.num_processes == 1:
+            return [mine]
+        from accelerate.utils import gather_object
+
+        return list(gather_object([mine]))
 
     def _finish(self, step: int) -> TrainResult:
         final = self.run_dir / FINAL_DIR

@@ -76,18 +76,18 @@ CASES: dict[str, dict[str, Any]] = {
         sampler={"name": "ancestral", "max_completion_length": 8, "temperature": 1.0},
         estimator={"name": "exact"},
         objective={"name": "dmpo", "alpha": 0.5, "log_ratio": "path", "baseline": "mean", "proximal": 0.8,
-                   "defensive": 0.0},
+                   "defensive": 0.0, "replay": 1},
     ),
     # exact path weights with the defensive share: reference draws relabelled along their paths
     "dmpo_path_defensive": _case(
         _TEXT,
         sampler={"name": "ancestral", "max_completion_length": 8, "temperature": 1.0},
         estimator={"name": "exact"},
-        objective={"name": "dmpo", "alpha": 0.5, "log_ratio": "path"},
+        objective={"name": "dmpo", "alpha": 0.5, "log_ratio": "path", "replay": 1},
     ),
     # MDNS's WDCE on an energy target (uniform reference)
     "dmpo_ising": _case(_ISING, objective={
-        "name": "dmpo", "alpha": 1.0, "log_ratio": "path", "reference": "uniform", "baseline": "none"}),
+        "name": "dmpo", "alpha": 1.0, "log_ratio": "path", "reference": "uniform", "baseline": "none", "replay": 1}),
     "log_variance": _case(_ISING, objective={"name": "log_variance"}),
     "rerf": _case(_ISING, objective={"name": "rerf"}),
     "diffu_grpo": _case(_TEXT, estimator={"name": "one_step"},
