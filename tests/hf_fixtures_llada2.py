@@ -117,3 +117,35 @@ def reference_inputs(vocab: int = 295) -> dict[str, torch.Tensor]:
     padded[0, 3:], mask[0, 3:] = ids[0], 1
     padded[1, :13], mask[1, :13] = ids[1], 1  # right part of row 1: padding at the end (a shorter row)
     return {"ids": ids, "padded": padded, "mask": mask}
+
+
+# ------------------------------------------------------------------------------------------------
+# shared by the published-generate equivalence tests (LLaDA2.0 and LLaDA2.1 references)
+
+
+def tiny_llada2_policies(tmp_path_factory, block_sizes) -> dict:  # noqa: ANN001
+    """``{block_size: policy}``: the tiny published-layout checkpoint per block size, float32, eval."""
+    from ddrl.registry import Registry
+
+    cls = Registry().get("models", "llada2")
+    out = {}
+    for bs in sorted(set(block_sizes)):
+        path = tmp_path_factory.mktemp(f"llada2_b{bs}") / "ckpt"
+        write_llada2(path, block_size=bs)
+        out[bs] = cls.from_config(cls.Config(path=str(path), dtype="float32")).eval()
+    return out
+
+
+def cut_at_eos(ids: list[int], eos: int) -> list[int]:
+    """The ids up to and including the first ``eos``, as the published ``generate`` returns them."""
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
+
+def left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[B, P]`` ids and mask of the prompts left-padded to one width (pad id 0)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros(len(prompts), width, dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):], mask[i, width - len(p):] = torch.tensor(p), True
+    return ids, mask

@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from ddrl.registry import Registry
-from tests.hf_fixtures_llada2 import write_llada2
+from tests.hf_fixtures_llada2 import cut_at_eos, left_padded, tiny_llada2_policies
 
 pytest.importorskip("peft")
 
@@ -53,13 +53,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory) -> dict:
-    out = {}
-    cls = Registry().get("models", "llada2")
-    for bs in sorted({c["block_size"] for c in CASES}):
-        path = tmp_path_factory.mktemp(f"llada21_b{bs}") / "ckpt"
-        write_llada2(path, block_size=bs)
-        out[bs] = cls.from_config(cls.Config(path=str(path), dtype="float32")).eval()
-    return out
+    return tiny_llada2_policies(tmp_path_factory, [c["block_size"] for c in CASES])
 
 
 def sampler(case: dict, cache: str = "none", **extra):
@@ -71,10 +65,6 @@ def sampler(case: dict, cache: str = "none", **extra):
         "eos_early_stop": case["eos_early_stop"], "eos_token_id": case["eos_id"], "cache": cache,
     }
     return cls(cls.Config(**{**kw, **extra}))
-
-
-def cut_at_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[: ids.index(eos) + 1] if eos in ids else ids
 
 
 def decode(policies: dict, case: dict, cache: str = "none", **extra) -> tuple[list[int], int]:
@@ -109,11 +99,7 @@ def test_left_padded_batches_decode_each_prompt_as_the_published_generate_alone(
     key = lambda c: tuple(c[k] for k in SETTINGS)
     groups = [list(g) for _, g in groupby(sorted(CASES, key=key), key=key)]
     for group in groups[::4]:
-        width = max(len(c["prompt"]) for c in group)
-        ids = torch.zeros(len(group), width, dtype=torch.long)
-        mask = torch.zeros(len(group), width, dtype=torch.bool)
-        for i, c in enumerate(group):
-            ids[i, width - len(c["prompt"]):], mask[i, width - len(c["prompt"]):] = torch.tensor(c["prompt"]), True
+        ids, mask = left_padded([c["prompt"] for c in group])
         out = sampler(group[0]).sample(policies[group[0]["block_size"]], ids, mask)
         for i, c in enumerate(group):
             assert cut_at_eos(out.batch.completion_ids[i].tolist(), c["eos_id"]) == c["output"], key(c)

@@ -34,7 +34,7 @@ import torch
 
 from ddrl.registry import Registry
 from ddrl.samplers.block_diffusion import num_transfer_tokens_list
-from tests.hf_fixtures_llada2 import write_llada2
+from tests.hf_fixtures_llada2 import cut_at_eos, left_padded, tiny_llada2_policies
 
 pytest.importorskip("peft")
 
@@ -45,13 +45,7 @@ SETTINGS = ("block_size", "threshold", "steps", "gen_length", "eos_id", "eos_ear
 
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory) -> dict:
-    out = {}
-    cls = Registry().get("models", "llada2")
-    for bs in sorted({c["block_size"] for c in CASES}):
-        path = tmp_path_factory.mktemp(f"llada2_b{bs}") / "ckpt"
-        write_llada2(path, block_size=bs)
-        out[bs] = cls.from_config(cls.Config(path=str(path), dtype="float32")).eval()
-    return out
+    return tiny_llada2_policies(tmp_path_factory, [c["block_size"] for c in CASES])
 
 
 def sampler(case: dict, cache: str = "none", **extra):
@@ -62,10 +56,6 @@ def sampler(case: dict, cache: str = "none", **extra):
         steps_per_block=steps, whole_last_block=True, eos_early_stop=case["eos_early_stop"],
         eos_token_id=case["eos_id"], cache=cache, **extra,
     ))
-
-
-def cut_at_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[: ids.index(eos) + 1] if eos in ids else ids
 
 
 def test_the_reference_covers_the_settings():
@@ -92,11 +82,7 @@ def test_left_padded_batches_decode_each_prompt_as_the_published_generate_alone(
     key = lambda c: tuple(c[k] for k in SETTINGS)
     for _, group in groupby(sorted(CASES, key=key), key=key):
         group = list(group)
-        width = max(len(c["prompt"]) for c in group)
-        ids = torch.zeros(len(group), width, dtype=torch.long)
-        mask = torch.zeros(len(group), width, dtype=torch.bool)
-        for i, c in enumerate(group):
-            ids[i, width - len(c["prompt"]):], mask[i, width - len(c["prompt"]):] = torch.tensor(c["prompt"]), True
+        ids, mask = left_padded([c["prompt"] for c in group])
         out = sampler(group[0]).sample(policies[group[0]["block_size"]], ids, mask)
         for i, c in enumerate(group):
             assert cut_at_eos(out.batch.completion_ids[i].tolist(), c["eos_id"]) == c["output"], key(c)
