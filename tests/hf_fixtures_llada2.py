@@ -123,7 +123,7 @@ def reference_inputs(vocab: int = 295) -> dict[str, torch.Tensor]:
 # shared by the published-generate equivalence tests (LLaDA2.0 and LLaDA2.1 references)
 
 
-def tiny_llada2_policies(tmp_path_factory, block_sizes) -> dict:  # noqa: ANN001
+def tiny_llada2_policies(tmp_path_factory, block_sizes) -> dict:
     """``{block_size: policy}``: the tiny published-layout checkpoint per block size, float32, eval."""
     from ddrl.registry import Registry
 

@@ -121,7 +121,7 @@ def test_the_pool_is_normalised_over_every_process_with_one_pool_per_process():
     prompts = [A, B, A, B, B, A, A, B]
     comps = [[k % 3, (k * 2) % 3] for k in range(8)]
 
-    def weigh(rank: int, gather):  # noqa: ANN001
+    def weigh(rank: int, gather):
         rows = slice(4 * rank, 4 * rank + 4)
         out = []
         for t in range(2):
