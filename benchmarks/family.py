@@ -17,6 +17,7 @@ FAMILY_METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "dmpo": ({"name": "dmpo"}, ELBO),  # DMPOConfig() defaults: log_ratio auto = exact path weights with `ancestral`
     "dmpo_elbo": ({"name": "dmpo", "log_ratio": "estimator"}, ELBO),  # defaults with ELBO weights (block/fast runs)
     "no_replay": ({"name": "dmpo", "replay": 1}, ELBO),  # the defaults before replay (the earlier `dmpo_path`)
+    "loss_r2": ({"name": "dmpo", "loss_replicates": 2}, ELBO),  # R = 2: half the loss views (docs/dmpo.md: worse)
     "published": ({"name": "dmpo", "preset": "published"}, {"name": "elbo", "num_samples": 4, "mask_scheme": "antithetic"}),
     "path_none": ({"name": "dmpo", "preset": "published", "log_ratio": "path", "baseline": "none"}, ELBO),
     "path_mean": ({"name": "dmpo", "preset": "published", "log_ratio": "path", "baseline": "mean"}, ELBO),

@@ -29,9 +29,9 @@ GIB = 2**30
 # saved activations per token and layer, in multiples of (d_model, mlp_hidden) elements (block input,
 # norms, q/k/v before and after rotary, attention output; gate, up, act(gate), their product, and
 # the backward's transient buffers), plus the float32 copies a bfloat16 model's RMSNorms make, in
-# d_model elements. Measured by benchmarks/memory.py at LLaDA-8B's width (CPU, LoRA), per layer and
-# token: float32 290 KB (16 views in one graph) to 670 KB (4-view micro-batches), bfloat16 430 KB
-# (4-view micro-batches); the plan takes the upper end (float32 655 KB, bfloat16 426 KB).
+# d_model elements: float32 655 KB, bfloat16 426 KB per layer and token at LLaDA-8B's width. About
+# twice the live activations benchmarks/memory.py measures there (CPU, LoRA; float32 300 KB with
+# 4-view micro-batches, 275 KB in one graph, bfloat16 230 KB): a margin for a GPU allocator's slack.
 ACTIVATION_WIDTHS = (16, 8)
 NORM_UPCAST_WIDTH = 6
 
