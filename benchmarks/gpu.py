@@ -12,7 +12,18 @@ SwiGLU 12,288, V = 126,464; ``LLaDAPolicy.random``, no download) on the CUDA dev
 3. **LoRA DMPO update** (``preset: published``, ELBO weights from 4 antithetic masks, LoRA r=128
    alpha=64 on q,k,v,up, gradient checkpointing, backward per micro-batch of views, AdamW): 8
    completions x L 256 after a 64-token prompt; the second of two updates is timed (the first,
-   which allocates the AdamW moments, is reported beside it). Seconds, ``torch.cuda.max_memory_allocated``.
+   which allocates the AdamW moments, is reported beside it), in all and in its two parts, the
+   device synchronised around each: *score* (old and reference score one view set, weights) and
+   *step* (loss with backward, AdamW). Seconds, ``torch.cuda.max_memory_allocated``. Then the
+   **update time per rollout batch**, as ``benchmarks/memory.py`` counts it, on the same policy,
+   adapters and completions: a DMPO update with ``DMPOConfig()`` defaults (``{"name": "dmpo"}``,
+   the same 4 ELBO masks and 4 loss masks) and a diffu-GRPO update (``{"name": "diffu_grpo"}``, the
+   ``one_step`` estimator with its defaults), each warmed up once, then timed with one view set
+   scored (``num_iterations`` 1) and one step. Per rollout batch = view sets x score + mu x step:
+   DMPO 1 set and mu = 4; the published DMPO settings the same score and step at mu = 8;
+   diffu-GRPO (d1) 12 sets (old and reference score each inner iteration's own views) and mu = 12.
+   Each update builds a fresh objective (one rollout batch: DMPO's replay pool stays empty); JSON
+   ``update_per_rollout_batch``.
 4. **Full FSDP step** (every parameter trains): ``fully_shard`` on each transformer block, then on
    the policy, in one process (a world of size 1 is created if none exists); a masked-denoising
    loss through the lean scoring path, backward, AdamW (the second of two steps timed). Precision ``mixed`` keeps float32 master
@@ -36,8 +47,10 @@ count follows what each sampler and objective actually runs (e.g. `fast`'s windo
 
 Out of memory in one configuration is recorded as "OOM" with the setting to lower, and the next
 configuration runs. Writes a markdown table per section, JSON to ``--out`` (docs/figures/gpu.json),
-and a last line ``result: device=… fast_vs_block_tokens_per_s=… dmpo_lora_update_s=… mfu_update=…``
-(the speed ratio at batch 8, L 256, or the largest batch x L where both samplers ran).
+and a last line ``result: device=… fast_vs_block_tokens_per_s=… dmpo_lora_update_s=… mfu_update=…
+dmpo_vs_diffu_grpo_update_time=…`` (the speed ratio at batch 8, L 256, or the largest batch x L where
+both samplers ran; the published DMPO update's seconds and MFU; DMPO's (defaults, mu = 4) time per
+rollout batch over diffu-GRPO's; "n/a" where a value could not be measured).
 """
 
 from __future__ import annotations
@@ -398,8 +411,58 @@ def bench_samplers(policy: Any, s: Settings, registry: Any) -> list[dict[str, An
     return rows
 
 
-def bench_lora_update(policy: Any, s: Settings, registry: Any) -> dict[str, Any]:
-    """One DMPO update (old/ref scoring, loss by parts with backward, AdamW step), after one warm-up update."""
+@dataclass(frozen=True)
+class RolloutBatchSetting:
+    """An objective as ddrl's trainer runs it per rollout batch (``benchmarks/memory.py``'s settings)."""
+
+    timed: str  # the timed update (``COMPARED``) whose scoring and step it costs
+    mu: int  # optimizer steps per rollout batch
+    score_sets: int  # view sets the old and the reference policy score per rollout batch
+
+
+# DMPO (``DMPOConfig()``) scores old and reference once per rollout batch and takes mu = 4 steps; the
+# published DMPO settings are the same views (score and step) at mu = 8; diffu-GRPO (d1) scores old
+# and reference on each inner iteration's own view set (``_GRPOFamily.prepare``), mu = 12 of them
+ROLLOUT_BATCH = {
+    "dmpo": RolloutBatchSetting("dmpo", mu=4, score_sets=1),
+    "dmpo_published": RolloutBatchSetting("dmpo", mu=8, score_sets=1),
+    "diffu_grpo": RolloutBatchSetting("diffu_grpo", mu=12, score_sets=12),
+}
+
+
+def compared_specs(s: Settings) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """(objective, estimator) sections of the updates timed for ``ROLLOUT_BATCH``: DMPO's defaults
+    with ELBO weights from 4 antithetic masks (as the published update), diffu-GRPO with ``one_step``."""
+    return {"dmpo": ({"name": "dmpo"}, elbo_spec(s)), "diffu_grpo": ({"name": "diffu_grpo"}, {"name": "one_step"})}
+
+
+def elbo_spec(s: Settings) -> dict[str, Any]:
+    return {"name": "elbo", "num_samples": 4, "mask_scheme": "antithetic", "micro_batch_size": s.update_batch}
+
+
+def per_rollout_batch(updates: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Seconds per rollout batch of each ``ROLLOUT_BATCH`` setting = score_sets x one view set's
+    scoring + mu x one step, from the timed updates' ``score_seconds`` and ``step_seconds``; and the
+    ratios DMPO / diffu-GRPO (None where a part is missing)."""
+    rows: dict[str, Any] = {}
+    for name, setting in ROLLOUT_BATCH.items():
+        part = updates.get(setting.timed)
+        score, step = (part["score_seconds"], part["step_seconds"]) if part is not None else (None, None)
+        seconds = setting.score_sets * score + setting.mu * step if score is not None and step is not None else None
+        rows[name] = {**asdict(setting), "score_seconds": score, "step_seconds": step, "rollout_batch_seconds": seconds}
+
+    def ratio(a: str, b: str) -> float | None:
+        x, y = rows[a]["rollout_batch_seconds"], rows[b]["rollout_batch_seconds"]
+        return x / y if x is not None and y else None
+
+    return {"settings": rows, "dmpo_vs_diffu_grpo_update_time": ratio("dmpo", "diffu_grpo"),
+            "dmpo_published_vs_diffu_grpo_update_time": ratio("dmpo_published", "diffu_grpo")}
+
+
+def bench_lora_update(policy: Any, s: Settings, registry: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One DMPO update (old/ref scoring, loss by parts with backward, AdamW step), after one warm-up
+    update; then the updates of ``compared_specs`` on the same policy and completions (warm-up, then
+    timed), costed per rollout batch (``per_rollout_batch``; None when the first update failed)."""
     from ddrl.batch import SequenceBatch
     from ddrl.models.lora import LoraSettings
     from ddrl.objectives.base import ObjectiveContext, RolloutBatch
@@ -410,9 +473,6 @@ def bench_lora_update(policy: Any, s: Settings, registry: Any) -> dict[str, Any]
     policy.enable_lora(LoraSettings(r=s.lora_r, alpha=s.lora_alpha, dropout=0.05, target_modules=None))
     policy.set_gradient_checkpointing(True)
     policy.train()
-    objective = build(registry, "objectives", {"name": "dmpo", "preset": "published"})
-    estimator = build(registry, "estimators", {"name": "elbo", "num_samples": 4, "mask_scheme": "antithetic",
-                                               "micro_batch_size": s.update_batch})
     g = torch.Generator().manual_seed(s.seed + 1)
     b = s.update_batch
     prompt = random_ids(b, s.prompt_length, policy.mask_token_id, g)
@@ -423,36 +483,75 @@ def bench_lora_update(policy: Any, s: Settings, registry: Any) -> dict[str, Any]
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6,
                                   fused=device.type == "cuda")
 
-    def update(seed: int) -> None:
+    def fresh(objective_spec: dict[str, Any], estimator_spec: dict[str, Any]) -> tuple[Any, Any]:
+        """A new objective (an empty replay pool: one rollout batch, as benchmarks/memory.py) and estimator."""
+        return build(registry, "objectives", objective_spec), build(registry, "estimators", estimator_spec)
+
+    def update(objective: Any, estimator: Any, seed: int) -> tuple[float, float]:
+        """One update; returns the seconds of its scoring (one view set: old and reference, weights)
+        and of its step (loss, backward, AdamW), the device synchronised around each."""
         ctx = ObjectiveContext(policy, estimator, ref, generator=torch.Generator(device=device).manual_seed(seed),
                                num_iterations=1, loss_micro_batch_size=b, backward=lambda part: part.backward())
+        sync(device)
+        start = time.perf_counter()
         with torch.no_grad():
             state = objective.weigh(rollout, objective.prepare(rollout, ctx), ctx).state
+        sync(device)
+        scored = time.perf_counter()
         out = objective.loss(rollout, state, ctx, 0)
         if not out.backward_done:
             out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        return scored - start, time.perf_counter() - scored
+
+    published = ({"name": "dmpo", "preset": "published"}, elbo_spec(s))
 
     def run() -> dict[str, Any]:
-        _, first = timed(device, lambda: update(0))
+        _, first = timed(device, partial(update, *fresh(*published), 0))
         reset_peak(device)
         with counting_tokens(policy.model.embed_tokens) as counter:
-            _, seconds = timed(device, lambda: update(1))
+            (score, step), seconds = timed(device, partial(update, *fresh(*published), 1))
         flops = model_flops(pub, s.prompt_length + s.update_length, counter.inference, counter.training)
-        return {"seconds": seconds, "first_seconds": first, "peak_gib": peak_gib(device),
-                "estimated_gib": memory_plan(s)["lora_update_total_ckpt"]["gib"],
+        return {"seconds": seconds, "first_seconds": first, "score_seconds": score, "step_seconds": step,
+                "peak_gib": peak_gib(device), "estimated_gib": memory_plan(s)["lora_update_total_ckpt"]["gib"],
                 "inference_tokens": counter.inference, "training_tokens": counter.training,
                 "model_tflops": flops / 1e12, "mfu": mfu(flops, seconds, s.peak_tflops)}
 
+    def compare() -> dict[str, Any]:
+        timed_updates: dict[str, dict[str, Any]] = {}
+        for i, (name, (objective, estimator)) in enumerate(compared_specs(s).items()):
+            seed = 2 * i + 2  # the published update took seeds 0 and 1
+            _, first = timed(device, partial(update, *fresh(objective, estimator), seed))
+            reset_peak(device)
+            with counting_tokens(policy.model.embed_tokens) as counter:
+                (score, step), seconds = timed(device, partial(update, *fresh(objective, estimator), seed + 1))
+            timed_updates[name] = {"objective": objective["name"], "estimator": estimator["name"], "seconds": seconds,
+                                   "first_seconds": first, "score_seconds": score, "step_seconds": step,
+                                   "peak_gib": peak_gib(device), "inference_tokens": counter.inference,
+                                   "training_tokens": counter.training}
+            log(f"{name} update (one view set scored, one step): score {score:.2f} s, step {step:.2f} s "
+                f"(first update {first:.2f} s), peak {timed_updates[name]['peak_gib']:.2f} GiB")
+        return {"updates": timed_updates, **per_rollout_batch(timed_updates)}
+
     advice = (f"lower the number of completions (--update-batch, now {b}) or L (--update-length, now "
               f"{s.update_length}), or use fewer layers (--layers, now {s.layers})")
-    row = {"completions": b, "prompt_length": s.prompt_length, "length": s.update_length, "lora_r": s.lora_r,
-           "gradient_checkpointing": True, **guarded("the LoRA DMPO update", advice, run)}
-    if row["status"] == "ok":
-        log(f"LoRA DMPO update: {row['seconds']:.2f} s (first {row['first_seconds']:.2f} s), "
-            f"peak {row['peak_gib']:.2f} GiB (estimated {row['estimated_gib']:.2f})")
-    return row
+    head = {"completions": b, "prompt_length": s.prompt_length, "length": s.update_length, "lora_r": s.lora_r,
+            "gradient_checkpointing": True}
+    row = {**head, **guarded("the LoRA DMPO update", advice, run)}
+    if row["status"] != "ok":
+        return row, None
+    log(f"LoRA DMPO update: {row['seconds']:.2f} s (score {row['score_seconds']:.2f} s, step "
+        f"{row['step_seconds']:.2f} s; first {row['first_seconds']:.2f} s), "
+        f"peak {row['peak_gib']:.2f} GiB (estimated {row['estimated_gib']:.2f})")
+    comparison = {**head, **guarded("the DMPO and diffu-GRPO updates per rollout batch", advice, compare)}
+    if comparison["status"] == "ok":
+        settings = comparison["settings"]
+        log("time per rollout batch: " + ", ".join(
+            f"{n} {fmt(r['rollout_batch_seconds'])} s" for n, r in settings.items())
+            + f"; DMPO / diffu-GRPO {fmt(comparison['dmpo_vs_diffu_grpo_update_time'])}")
+    return row, comparison
 
 
 @contextmanager
@@ -558,8 +657,9 @@ def fsdp_step(s: Settings, precision: str) -> dict[str, Any]:
                 "mfu": mfu(flops, seconds, s.peak_tflops)}
 
 
-def bench_model_sections(s: Settings) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Rollouts, then the LoRA update on the same weights; the policy is freed on return."""
+def bench_model_sections(s: Settings) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None]:
+    """Rollouts, then the LoRA updates on the same weights (the published DMPO update and the
+    per-rollout-batch comparison); the policy is freed on return."""
     from ddrl.registry import Registry
 
     registry = Registry()
@@ -571,16 +671,16 @@ def bench_model_sections(s: Settings) -> tuple[list[dict[str, Any]], dict[str, A
         return {}
 
     if "samplers" in s.skip and "lora" in s.skip:
-        return [], None
+        return [], None, None
     status = guarded("building the model", f"use fewer layers (--layers, now {s.layers})", make)
     if status["status"] != "ok":
-        return [], status  # reported in the update's place: neither section could run
+        return [], status, None  # reported in the update's place: neither section could run
     policy = built.pop("policy")
     samplers = [] if "samplers" in s.skip else bench_samplers(policy, s, registry)
-    update = None if "lora" in s.skip else bench_lora_update(policy, s, registry)
+    update, comparison = (None, None) if "lora" in s.skip else bench_lora_update(policy, s, registry)
     del policy
     reset_peak(device)
-    return samplers, update
+    return samplers, update, comparison
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,20 +724,51 @@ def report(results: dict[str, Any]) -> str:
                          f"{r['nfe']} | {r['full_passes']:.1f} | {r['model_tflops']:.4g} | {fmt(r['mfu'], '.3f')} | "
                          f"{r['peak_gib']:.2f} |")
         parts.append("Rollouts (generated tokens/s = batch x L / s; MFU of the forward passes run)\n\n" + "\n".join(lines))
-    for key, title in (("lora_update", "LoRA DMPO update"), ("fsdp_step", "Full FSDP step")):
+    for key, title in (("lora_update", "LoRA DMPO update (preset: published)"), ("fsdp_step", "Full FSDP step")):
         r = results[key]
         if r is None:
             continue
         if r["status"] != "ok":
             parts.append(f"{title}: {r['status']}: {r['message']}")
             continue
+        parts_s = " | score s | step s" if key == "lora_update" else ""
+        parts_v = f" | {r['score_seconds']:.2f} | {r['step_seconds']:.2f}" if parts_s else ""
         extra = f" | {r['precision']}" if key == "fsdp_step" else ""
+        columns = 7 + (2 if parts_s else 0) + (1 if extra else 0)
         parts.append(
-            f"{title}\n\n| completions x L | s | first s | TFLOP | MFU | peak GiB | estimated GiB"
-            f"{' | precision' if extra else ''} |\n|---|---|---|---|---|---|---{'|---' if extra else ''}|\n"
-            f"| {r['completions']} x {r['length']} | {r['seconds']:.2f} | {r['first_seconds']:.2f} | "
+            f"{title}\n\n| completions x L | s{parts_s} | first s | TFLOP | MFU | peak GiB | estimated GiB"
+            f"{' | precision' if extra else ''} |\n|{'---|' * columns}\n"
+            f"| {r['completions']} x {r['length']} | {r['seconds']:.2f}{parts_v} | {r['first_seconds']:.2f} | "
             f"{r['model_tflops']:.4g} | {fmt(r['mfu'], '.3f')} | {r['peak_gib']:.2f} | {r['estimated_gib']:.2f}{extra} |")
+        if key == "lora_update" and results.get("update_per_rollout_batch") is not None:
+            parts.append(rollout_batch_report(results["update_per_rollout_batch"]))
     return "\n\n".join(parts)
+
+
+def rollout_batch_report(r: dict[str, Any]) -> str:
+    """The per-rollout-batch comparison: a table of the settings and the DMPO / diffu-GRPO ratios."""
+    title = (f"LoRA update time per rollout batch ({r['completions']} x {r['length']}; one view set's scoring "
+             "by old + reference and one step timed; rollout batch s = view sets x score s + mu x step s)")
+    if r["status"] != "ok":
+        return f"{title}: {r['status']}: {r['message']}"
+    lines = ["| setting | objective | estimator | mu | view sets scored | score s | step s | rollout batch s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in r["settings"].items():
+        timed_update = r["updates"].get(row["timed"], {})
+        objective = timed_update.get("objective", row["timed"]) + (" (published)" if name == "dmpo_published" else "")
+        lines.append(f"| {name} | {objective} | {timed_update.get('estimator', 'n/a')} | {row['mu']} | "
+                     f"{row['score_sets']} | {fmt(row['score_seconds'], '.3f')} | {fmt(row['step_seconds'], '.3f')} | "
+                     f"{fmt(row['rollout_batch_seconds'])} |")
+    ratios = (f"DMPO / diffu-GRPO per rollout batch: {fmt(r['dmpo_vs_diffu_grpo_update_time'])} "
+              f"(published DMPO, mu 8: {fmt(r['dmpo_published_vs_diffu_grpo_update_time'])})")
+    return f"{title}\n\n" + "\n".join(lines) + f"\n\n{ratios}"
+
+
+def update_time_ratio(comparison: dict[str, Any] | None) -> float | None:
+    """DMPO / diffu-GRPO update time per rollout batch, or None when it was not measured."""
+    if comparison is None or comparison.get("status") != "ok":
+        return None
+    return comparison["dmpo_vs_diffu_grpo_update_time"]  # type: ignore[no-any-return]
 
 
 def result_line(results: dict[str, Any]) -> str:
@@ -647,7 +778,8 @@ def result_line(results: dict[str, Any]) -> str:
     device = re.sub(r"\s+", "_", results["device"]["name"])
     return (f"result: device={device} fast_vs_block_tokens_per_s={fmt(ratio)} "
             f"dmpo_lora_update_s={fmt(update['seconds'] if ok else None)} "
-            f"mfu_update={fmt(update['mfu'] if ok else None, '.3f')}")
+            f"mfu_update={fmt(update['mfu'] if ok else None, '.3f')} "
+            f"dmpo_vs_diffu_grpo_update_time={fmt(update_time_ratio(results.get('update_per_rollout_batch')))}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -720,17 +852,19 @@ def main(argv: list[str] | None = None) -> int:
     log(f"device {name}: {peak_note}")
     start = time.perf_counter()
     torch.manual_seed(s.seed)
-    samplers, update = bench_model_sections(s)
+    samplers, update, comparison = bench_model_sections(s)
     fsdp = None if "fsdp" in s.skip else bench_fsdp_step(s)
     memory = ("process peak resident memory (VmHWM), model and interpreter included" if s.dry_run
               else "torch.cuda.max_memory_allocated")
     results = {"device": {"name": name, "peak_tflops": peak, "peak_note": peak_note, "memory_measure": memory,
                           "torch": torch.__version__, "cuda": torch.version.cuda},
-               "settings": asdict(s), "plan": plan, "samplers": samplers, "lora_update": update, "fsdp_step": fsdp}
+               "settings": asdict(s), "plan": plan, "samplers": samplers, "lora_update": update,
+               "update_per_rollout_batch": comparison, "fsdp_step": fsdp}
     ratio, at = headline_ratio(samplers)
     results["result"] = {"fast_vs_block_tokens_per_s": ratio, "at_batch_length": at,
                          "dmpo_lora_update_s": update["seconds"] if update and update["status"] == "ok" else None,
-                         "mfu_update": update["mfu"] if update and update["status"] == "ok" else None}
+                         "mfu_update": update["mfu"] if update and update["status"] == "ok" else None,
+                         "dmpo_vs_diffu_grpo_update_time": update_time_ratio(comparison)}
     print("\n" + report(results) + "\n", flush=True)
     out = args.out or (Path(tempfile.gettempdir()) / "ddrl_gpu_dry_run.json" if s.dry_run else Path("docs/figures/gpu.json"))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -56,12 +56,14 @@ def test_dry_run_exercises_every_section_and_prints_its_result_line(tmp_path):
     last = lines[-1]
     assert last.startswith("result: device=cpu ")
     fields = dict(item.split("=", 1) for item in last.removeprefix("result: ").split())
-    assert set(fields) == {"device", "fast_vs_block_tokens_per_s", "dmpo_lora_update_s", "mfu_update"}
-    for key in ("fast_vs_block_tokens_per_s", "dmpo_lora_update_s", "mfu_update"):
+    assert set(fields) == {"device", "fast_vs_block_tokens_per_s", "dmpo_lora_update_s", "mfu_update",
+                           "dmpo_vs_diffu_grpo_update_time"}
+    for key in ("fast_vs_block_tokens_per_s", "dmpo_lora_update_s", "mfu_update", "dmpo_vs_diffu_grpo_update_time"):
         assert math.isfinite(float(fields[key])) and float(fields[key]) > 0, last
 
     results = json.loads(out.read_text())
-    assert set(results) >= {"device", "settings", "plan", "samplers", "lora_update", "fsdp_step", "result"}
+    assert set(results) >= {"device", "settings", "plan", "samplers", "lora_update", "update_per_rollout_batch",
+                            "fsdp_step", "result"}
     assert all(math.isfinite(x) for x in numbers(results))
     assert "nominal" in results["device"]["peak_note"]
     assert {(r["sampler"], r["batch"], r["length"]) for r in results["samplers"]} == set(
@@ -89,6 +91,39 @@ def test_dry_run_exercises_every_section_and_prints_its_result_line(tmp_path):
     peak = results["device"]["peak_tflops"]
     assert update["mfu"] == pytest.approx(flops / update["seconds"] / (peak * 1e12))
     assert results["result"]["mfu_update"] == pytest.approx(update["mfu"])
+    # the update's two parts, each synchronised: scoring (old, ref, weights) and step (loss, backward, AdamW)
+    assert 0 < update["score_seconds"] and 0 < update["step_seconds"]
+    assert update["score_seconds"] + update["step_seconds"] <= update["seconds"]
+
+    # time per rollout batch as benchmarks/memory.py counts it: view sets scored x one set's scoring
+    # + mu x one step; DMPO (defaults) 1 set, mu 4; published DMPO the same score and step, mu 8;
+    # diffu-GRPO 12 sets (old and ref on each inner iteration's views), mu 12
+    comparison = results["update_per_rollout_batch"]
+    assert comparison["status"] == "ok", comparison
+    timed_updates, per_batch = comparison["updates"], comparison["settings"]
+    expected = {"dmpo": ("dmpo", 1, 4), "dmpo_published": ("dmpo", 1, 8), "diffu_grpo": ("diffu_grpo", 12, 12)}
+    assert set(per_batch) == set(expected)
+    for name, (timed_name, score_sets, mu) in expected.items():
+        part, row = timed_updates[timed_name], per_batch[name]
+        assert part["score_seconds"] > 0 and part["step_seconds"] > 0
+        assert part["score_seconds"] + part["step_seconds"] <= part["seconds"]
+        assert (row["score_sets"], row["mu"]) == (score_sets, mu), name
+        assert row["rollout_batch_seconds"] == pytest.approx(
+            score_sets * part["score_seconds"] + mu * part["step_seconds"]), name
+    seconds = {name: row["rollout_batch_seconds"] for name, row in per_batch.items()}
+    assert comparison["dmpo_vs_diffu_grpo_update_time"] == pytest.approx(seconds["dmpo"] / seconds["diffu_grpo"])
+    assert comparison["dmpo_published_vs_diffu_grpo_update_time"] == pytest.approx(
+        seconds["dmpo_published"] / seconds["diffu_grpo"])
+    assert results["result"]["dmpo_vs_diffu_grpo_update_time"] == pytest.approx(seconds["dmpo"] / seconds["diffu_grpo"])
+    assert float(fields["dmpo_vs_diffu_grpo_update_time"]) == pytest.approx(
+        seconds["dmpo"] / seconds["diffu_grpo"], abs=0.006)
+    # what each timed update ran: DMPO (defaults) the published update's views; diffu-GRPO (one_step)
+    # one view set scored by old and ref without gradient, the current policy on it with gradient
+    dmpo, grpo = timed_updates["dmpo"], timed_updates["diffu_grpo"]
+    assert (dmpo["objective"], dmpo["estimator"], grpo["objective"], grpo["estimator"]) == (
+        "dmpo", "elbo", "diffu_grpo", "one_step")
+    assert (dmpo["inference_tokens"], dmpo["training_tokens"]) == (2 * 4 * rows * tokens, 4 * rows * tokens)
+    assert (grpo["inference_tokens"], grpo["training_tokens"]) == (2 * rows * tokens, rows * tokens)
 
 
 def hand_forward_flops(width: dict[str, int], layers: int, context: int) -> float:
@@ -153,6 +188,25 @@ def test_peak_table_matches_device_names(gpu):
     assert gpu.peak_tflops_for("NVIDIA GeForce RTX 4090") == 165
     assert gpu.peak_tflops_for("NVIDIA A10G") is None  # not an A10: unknown, MFU needs --peak-tflops
     assert gpu.peak_tflops_for("Tesla T4") is None
+
+
+def test_update_time_per_rollout_batch_is_view_sets_times_score_plus_mu_times_step(gpu):
+    # hand figures: DMPO scores in 2 s and steps in 1 s, diffu-GRPO 0.5 s and 0.25 s
+    out = gpu.per_rollout_batch({"dmpo": {"score_seconds": 2.0, "step_seconds": 1.0},
+                                 "diffu_grpo": {"score_seconds": 0.5, "step_seconds": 0.25}})
+    seconds = {name: row["rollout_batch_seconds"] for name, row in out["settings"].items()}
+    assert seconds == pytest.approx({"dmpo": 2 + 4 * 1, "dmpo_published": 2 + 8 * 1, "diffu_grpo": 12 * 0.5 + 12 * 0.25})
+    assert out["dmpo_vs_diffu_grpo_update_time"] == pytest.approx(6 / 9)
+    assert out["dmpo_published_vs_diffu_grpo_update_time"] == pytest.approx(10 / 9)
+    # a missing update leaves its settings and the ratios unmeasured, and the result line says so
+    half = gpu.per_rollout_batch({"dmpo": {"score_seconds": 2.0, "step_seconds": 1.0}})
+    assert half["settings"]["diffu_grpo"]["rollout_batch_seconds"] is None
+    assert half["dmpo_vs_diffu_grpo_update_time"] is None
+    results = {"device": {"name": "NVIDIA H100 80GB HBM3"}, "samplers": [], "lora_update": None,
+               "update_per_rollout_batch": {"status": "OOM", "message": "out of memory in ..."}}
+    assert gpu.result_line(results).endswith(" dmpo_vs_diffu_grpo_update_time=n/a")
+    assert gpu.update_time_ratio({"status": "ok", **out}) == pytest.approx(6 / 9)
+    assert gpu.update_time_ratio(None) is None
 
 
 def test_out_of_memory_is_recorded_with_the_setting_to_lower(gpu, capsys):
